@@ -1,0 +1,161 @@
+"""Shared pieces of the CLI: the store option, error translation, row rendering.
+
+Every command opens the store, calls one library function and renders the result.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from histstore.errors import HiststoreError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+class CliError(click.ClickException):
+    """A library error shown as one line, with its hint, and the error's exit code."""
+
+    def __init__(self, error: HiststoreError):
+        super().__init__(error.message)
+        self.exit_code = error.exit_code
+        self.hint = error.hint
+
+    def format_message(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class HiststoreGroup(click.Group):
+    """Turns library errors and Ctrl-C into one-line messages, never tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HiststoreError as exc:
+            raise CliError(exc) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished work is saved; run the same command again to "
+                       "resume", err=True)
+            ctx.exit(130)
+
+
+def get_store(ctx: click.Context, must_exist: bool = True):
+    from histstore.store import Store
+
+    root = ctx.find_root().params.get("store")
+    if must_exist:
+        return Store.open(root)
+    return Store(Path(root))
+
+
+def pass_store(f):
+    """Inject the opened Store as the first argument."""
+
+    @click.pass_context
+    @functools.wraps(f)
+    def wrapper(ctx, *args, **kwargs):
+        return f(get_store(ctx), *args, **kwargs)
+
+    return wrapper
+
+
+def format_option(default: str = "table"):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default,
+                        show_default=True, help="Output format for rows.")
+
+
+def output_option():
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                        help="Write rows to this file instead of stdout.")
+
+
+def _json_default(v):
+    from decimal import Decimal
+
+    if isinstance(v, Decimal):
+        return float(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=_json_default)
+    return str(v)
+
+
+def render_table(table, max_width: int = 60) -> str:
+    """Aligned plain-text table of an Arrow table (numbers right-aligned)."""
+    import pyarrow as pa
+
+    names = table.column_names
+    rows = table.to_pylist()
+    cells = [[_cell(r[n]) for n in names] for r in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
+    widths = [max([len(n)] + [len(row[i]) for row in cells]) for i, n in enumerate(names)]
+    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+               for t in table.schema.types]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    out = [line(names), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
+    """Render an Arrow table in one of FORMATS to stdout or a file."""
+    import pyarrow as pa
+
+    if table is None:
+        table = pa.table({})
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet needs -o FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+        return
+    if fmt == "table":
+        text = render_table(table) + "\n"
+    elif fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        if table.num_columns:
+            pacsv.write_csv(_jsonable(table), buf)
+        text = buf.getvalue().decode()
+    else:  # json: one array of objects
+        text = json.dumps(table.to_pylist(), default=_json_default) + "\n"
+    if output is not None:
+        output.write_text(text)
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+def _jsonable(table):
+    """CSV cannot hold nested types: encode struct/list/map columns as JSON text."""
+    import pyarrow as pa
+
+    cols = []
+    for col, typ in zip(table.columns, table.schema.types):
+        if pa.types.is_nested(typ):
+            col = pa.array([None if v is None else json.dumps(v, default=_json_default)
+                            for v in col.to_pylist()], pa.string())
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)

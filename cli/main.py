@@ -1,0 +1,32 @@
+"""The `histstore` command: a thin Click layer over the histstore library."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histstore import __version__
+from histstore.cli.common import HiststoreGroup
+from histstore.cli import store_cmds
+
+
+@click.group(cls=HiststoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path),
+              envvar="HISTSTORE_STORE", default="histstore-store", show_default=True,
+              help="Store folder (catalog + embeddings + checkpoints + artifacts). "
+                   "Env: HISTSTORE_STORE.")
+@click.version_option(__version__, prog_name="histstore")
+def main(store):
+    """histstore: feature store and experiment database for computational pathology.
+
+    Ingest whole-slide images, pretrain AdCo tile encoders, embed tiles into zarr, train
+    gated-attention MIL models with 5-fold CV, and query every result in SQL.
+    """
+
+
+for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql):
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Commands about the store itself: init, migrate, status, sql."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from histstore.cli.common import emit_rows, format_option, get_store, output_option, pass_store
+
+
+@click.command()
+@click.pass_context
+def init(ctx):
+    """Create a store (folder layout + catalog at the newest schema). Harmless if it exists."""
+    from histstore.store import Store
+
+    store, created = Store.init(get_store(ctx, must_exist=False).root)
+    verb = "created" if created else "already exists, left unchanged:"
+    click.echo(f"store {verb} {store.root}")
+
+
+@click.command()
+@click.option("--show", is_flag=True, help="Only show the current and newest revisions.")
+@click.option("--to", "revision", default="head", show_default=True,
+              help="Target revision (an older one downgrades).")
+@pass_store
+def migrate(store, show, revision):
+    """Upgrade (or downgrade) the store's catalog schema."""
+    from histstore.migrate_store import migrate_store, revisions
+
+    if show:
+        current, head = revisions(store)
+        click.echo(f"current: {current}\nnewest:  {head}")
+        return
+    before, after = migrate_store(store, revision)
+    if before == after:
+        click.echo(f"catalog already at revision {after}")
+    else:
+        click.echo(f"catalog migrated from {before} to {after}")
+
+
+@click.command()
+@pass_store
+def status(store):
+    """Counts of cohorts, cases, slides, tiles, embedding sets and runs; store size."""
+    from histstore.status import store_status
+
+    s = store_status(store)
+    click.echo(f"store:   {s.root}")
+    click.echo(f"schema:  {s.schema_revision}")
+    click.echo(f"size:    {s.size_bytes / 1e6:.1f} MB")
+    for name, n in s.counts.items():
+        click.echo(f"{name + ':':<18}{n:>12,}")
+    if s.slides_by_status:
+        click.echo("slides by status: " + ", ".join(f"{k} {v}" for k, v in s.slides_by_status.items()))
+    if s.runs_by_status:
+        click.echo("runs by kind:status: " + ", ".join(f"{k} {v}" for k, v in s.runs_by_status.items()))
+
+
+@click.command()
+@click.argument("query", required=False)
+@click.option("-f", "--file", "sql_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read SQL from a file.")
+@click.option("--write", is_flag=True, help="Allow statements that change the catalog.")
+@format_option()
+@output_option()
+@pass_store
+def sql(store, query, sql_file, write, fmt, output):
+    """Run SQL on the catalog (QUERY, -f FILE, or stdin). Read-only unless --write.
+
+    \b
+    Examples:
+      histstore sql "SELECT * FROM cohort_overview"
+      histstore sql "SELECT * FROM run_summary WHERE metric = 'auc'" --format csv
+    """
+    from histstore.sql import run_sql
+
+    if query and sql_file:
+        raise click.UsageError("give QUERY or -f FILE, not both")
+    if sql_file:
+        query = sql_file.read_text()
+    elif not query and not sys.stdin.isatty():
+        query = sys.stdin.read()
+    table = run_sql(store, query or "", write=write)
+    if table is None:
+        click.echo("ok", err=True)
+        return
+    emit_rows(table, fmt, output)

@@ -1,0 +1,3 @@
+from histstore.cli.main import main
+
+main(prog_name="histstore")

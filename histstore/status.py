@@ -1,0 +1,33 @@
+"""`histstore status`: what a store holds, at a glance."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from histstore.store import Store
+
+
+@dataclass
+class StoreStatus:
+    root: str
+    schema_revision: str
+    counts: dict[str, int] = field(default_factory=dict)
+    slides_by_status: dict[str, int] = field(default_factory=dict)
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    size_bytes: int = 0
+
+
+_COUNTED = ["cohorts", "cases", "slides", "tilings", "tiles", "encoders", "embedding_sets",
+            "embedding_arrays", "runs"]
+
+
+def store_status(store: Store) -> StoreStatus:
+    from histstore.catalog.migrate import current_revision
+
+    with store.read() as conn:
+        counts = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() for t in _COUNTED}
+        slides = dict(conn.exec_driver_sql(
+            "SELECT status, count(*) FROM slides GROUP BY status ORDER BY status").all())
+        runs = dict(conn.exec_driver_sql(
+            "SELECT kind || ':' || status, count(*) FROM runs GROUP BY ALL ORDER BY 1").all())
+        revision = current_revision(conn)
+    return StoreStatus(str(store.root), revision, counts, slides, runs, store.size_bytes())

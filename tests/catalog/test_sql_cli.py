@@ -1,0 +1,90 @@
+"""`histstore sql`: read-only by default, every output format, one-line errors."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+
+@pytest.fixture
+def filled(store):
+    with store.write() as conn:
+        conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES ('c1'), ('c2')")
+    return store
+
+
+def _case_count(store):
+    with store.read() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM cases").scalar()
+
+
+def test_table_format(filled, cli):
+    r = cli("sql", "SELECT case_id FROM cases ORDER BY case_id")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert lines[0].strip() == "case_id" and lines[2].strip() == "c1" and "(2 rows)" in r.output
+
+
+def test_csv_json_parquet(filled, cli, tmp_path):
+    r = cli("sql", "SELECT case_id FROM cases ORDER BY 1", "--format", "csv")
+    assert r.output.splitlines() == ['"case_id"', '"c1"', '"c2"']
+    r = cli("sql", "SELECT case_id, 1.5 AS x FROM cases ORDER BY 1", "--format", "json")
+    assert json.loads(r.output) == [{"case_id": "c1", "x": 1.5}, {"case_id": "c2", "x": 1.5}]
+    out = tmp_path / "rows.parquet"
+    r = cli("sql", "SELECT case_id FROM cases ORDER BY 1", "--format", "parquet", "-o", out)
+    assert r.exit_code == 0
+    assert pq.read_table(out).column("case_id").to_pylist() == ["c1", "c2"]
+    r = cli("sql", "SELECT 1", "--format", "parquet")
+    assert r.exit_code != 0 and "-o FILE" in r.output
+
+
+def test_file_and_stdin(filled, cli, tmp_path):
+    f = tmp_path / "q.sql"
+    f.write_text("SELECT count(*) AS n FROM cases")
+    assert "2" in cli("sql", "-f", f, "--format", "csv").output
+    assert cli("sql", "--format", "csv", input="SELECT 7 AS n").output.splitlines()[-1] == "7"
+
+
+@pytest.mark.parametrize("stmt", [
+    "INSERT INTO cases (case_id) VALUES ('c3')",
+    "DELETE FROM cases",
+    "DROP TABLE fold_changes",
+    "UPDATE cases SET project = 'x'",
+    "CREATE TABLE scratch (a INT)",
+])
+def test_writes_refused_without_flag(filled, cli, stmt):
+    r = cli("sql", stmt)
+    assert r.exit_code != 0
+    assert "read-only" in r.output and "--write" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert _case_count(filled) == 2
+
+
+def test_write_flag_allows_and_is_atomic(filled, cli):
+    r = cli("sql", "--write", "INSERT INTO cases (case_id) VALUES ('c3')")
+    assert r.exit_code == 0 and _case_count(filled) == 3
+    # second statement fails: the first is rolled back with it
+    r = cli("sql", "--write", "INSERT INTO cases (case_id) VALUES ('c4'); SELECT * FROM nope")
+    assert r.exit_code != 0 and _case_count(filled) == 3
+
+
+def test_sql_error_is_one_line(filled, cli):
+    r = cli("sql", "SELEC 1")
+    assert r.exit_code != 0
+    assert "syntax error" in r.output.lower()
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_missing_store_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from histstore.cli.main import main
+
+    r = CliRunner().invoke(main, ["--store", str(tmp_path / "nope"), "status"])
+    assert r.exit_code != 0 and "no histstore store" in r.output and "histstore" in r.output
+    assert not (tmp_path / "nope").exists()
+
+
+def test_status_counts(filled, cli):
+    r = cli("status")
+    assert r.exit_code == 0
+    assert "cases:" in r.output and " 2" in r.output
