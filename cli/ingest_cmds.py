@@ -1,0 +1,57 @@
+"""`histstore ingest` and `histstore synth`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from histstore.cli.common import pass_store
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--cohort", help="Add the slides to this cohort (created if new).")
+@click.option("--mpp", type=float, help="Target resolution in um/px [default: 0.5, i.e. 20x].")
+@click.option("--magnification", type=float, help="Target magnification instead of --mpp (20 -> 0.5 um/px).")
+@click.option("--tile-size", type=int, default=128, show_default=True, help="Tile side in pixels at the target resolution.")
+@click.option("--overlap", type=int, default=0, show_default=True, help="Overlap between tiles in target pixels.")
+@click.option("--min-tissue", type=float, default=0.5, show_default=True, help="Drop tiles with less tissue than this fraction.")
+@click.option("--assume-mpp", type=float, help="Level-0 um/px for slides whose file does not say (never guessed).")
+@click.option("--workers", type=int, help="Worker processes [default: min(4, CPUs)].")
+@pass_store
+def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_tissue, assume_mpp, workers):
+    """Catalogue slides and tile them on tissue.
+
+    SOURCE is a folder of slides, a CSV manifest (path[,slide_id,case_id]) or a GDC sample
+    sheet (TSV with File Name, Case ID, Sample ID, Sample Type). Re-running ingests nothing twice.
+    """
+    from histstore.ingest import ingest as run_ingest
+    from histstore.wsi.tiling import TilingSpec, magnification_to_mpp
+
+    if mpp is not None and magnification is not None:
+        raise click.UsageError("give --mpp or --magnification, not both")
+    target = magnification_to_mpp(magnification) if magnification is not None else (mpp or 0.5)
+    spec = TilingSpec(target_mpp=target, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
+    report = run_ingest(store, source, spec, cohort=cohort, assume_mpp=assume_mpp, workers=workers)
+    for o in report.outcomes:
+        if o.status in ("failed", "changed"):
+            click.echo(f"{o.status}: {o.slide_id}: {o.message}", err=True)
+    click.echo(f"tiling {report.tiling_key} ({spec.label}, min tissue {spec.min_tissue:g}): "
+               f"{report.count('ingested')} ingested ({report.n_tiles:,} tiles), "
+               f"{report.count('skipped')} already present, {report.count('failed')} failed, "
+               f"{report.count('changed')} changed" + (f"; cohort {cohort}" if cohort else ""))
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--slides", "n_slides", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out_dir, n_slides, seed):
+    """Write a synthetic H&E-like cohort (pyramidal TIFFs, manifest, labels, fold changes)."""
+    from histstore.wsi.synth import synth_cohort
+
+    cohort = synth_cohort(out_dir, n_slides=n_slides, seed=seed)
+    click.echo(f"wrote {n_slides} synthetic slides to {out_dir} "
+               f"(manifest: {cohort.manifest}, labels: {cohort.labels}, fold changes: {cohort.foldchanges})")

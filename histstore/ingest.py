@@ -1,0 +1,232 @@
+"""`histstore ingest`: slide files -> catalogued slides, tilings and tiles.
+
+Each slide is processed by `histstore.wsi.process.process_slide`, a pure function run in worker
+processes; only this (parent) process writes the catalog. A slide is registered - case, slide
+row, tiling, tiles, cohort membership - in ONE transaction after its work is done, so an
+interrupted ingest leaves no half-registered slide and a re-run continues where it stopped.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from histstore.catalog.bulk import insert_frame, query_numpy
+from histstore.cohorts import add_to_cohort, check_cohort_name
+from histstore.errors import HiststoreError, InvalidInput
+from histstore.keys import settings_key
+from histstore.progress import progress_bar
+from histstore.sources import SlideSource, read_source
+from histstore.store import Store
+from histstore.wsi.tiling import TilingSpec
+
+QC_DIR = "artifacts/qc"
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    status: str  # ingested | skipped | failed | changed
+    n_tiles: int = 0
+    message: str | None = None
+
+
+@dataclass
+class IngestReport:
+    tiling_key: str
+    spec: TilingSpec
+    outcomes: list[SlideOutcome] = field(default_factory=list)
+    cohort: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(o.n_tiles for o in self.outcomes if o.status == "ingested")
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.status in ("failed", "changed") for o in self.outcomes)
+
+
+def tiling_settings(spec: TilingSpec) -> dict:
+    return spec.to_dict()
+
+
+def tiling_key(spec: TilingSpec) -> str:
+    return settings_key(tiling_settings(spec))
+
+
+def _process(src_path: str, spec_dict: dict, assume_mpp: float | None):
+    """Worker entry point: picklable in, picklable out; errors returned, not raised."""
+    from histstore.wsi.process import process_slide
+
+    try:
+        return process_slide(src_path, TilingSpec.from_dict(spec_dict), assume_mpp), None
+    except HiststoreError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a corrupt file can make any library raise anything
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({src_path})"
+
+
+def _catalog_state(conn: sa.Connection, key: str):
+    slides = query_numpy(conn, "SELECT slide_id, fingerprint, status FROM slides")
+    known = {s: (f, st) for s, f, st in zip(slides["slide_id"].tolist(), slides["fingerprint"].tolist(),
+                                            slides["status"].tolist())}
+    tiled = set(query_numpy(conn, "SELECT slide_id FROM tilings WHERE settings_key = $1",
+                            [key])["slide_id"].tolist())
+    return known, tiled
+
+
+def _plan(sources: list[SlideSource], known, tiled, key: str):
+    """Split sources into (to_process, skipped outcomes, changed outcomes)."""
+    from histstore.wsi.fingerprint import slide_fingerprint
+
+    todo, done = [], []
+    for src in sources:
+        if src.slide_id not in known:
+            todo.append(src)
+            continue
+        fp_old, status = known[src.slide_id]
+        if status == "failed" or fp_old is None:
+            todo.append(src)
+            continue
+        try:
+            fp_new = slide_fingerprint(src.path)
+        except HiststoreError as exc:
+            done.append(SlideOutcome(src.slide_id, "failed", message=str(exc)))
+            continue
+        if fp_new != fp_old:
+            done.append(SlideOutcome(src.slide_id, "changed", message=(
+                f"{src.path} differs from the file ingested as {src.slide_id} (fingerprint changed); "
+                "left as it was - give the new scan another slide_id")))
+        elif src.slide_id in tiled:
+            done.append(SlideOutcome(src.slide_id, "skipped"))
+        else:
+            todo.append(src)  # known slide, new tiling settings
+    return todo, done
+
+
+def _ensure_case(conn: sa.Connection, src: SlideSource) -> None:
+    conn.exec_driver_sql("INSERT INTO cases (case_id, project) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                         (src.case_id, src.project))
+
+
+def _register_success(store: Store, conn: sa.Connection, src: SlideSource, result, spec: TilingSpec,
+                      key: str, existing: bool) -> None:
+    props = result.slide_properties()
+    _ensure_case(conn, src)
+    cols = dict(path=str(src.path), fingerprint=props["fingerprint"], file_size=props["file_size"],
+                vendor=props["vendor"], width=props["width"], height=props["height"],
+                level_count=props["level_count"], mpp=props["mpp"], mpp_source=props["mpp_source"],
+                objective_power=props["objective_power"], sample_id=src.sample_id,
+                sample_type=src.sample_type)
+    if existing:
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        conn.exec_driver_sql(
+            f"UPDATE slides SET {sets}, status = 'ingested', error = NULL, updated_at = current_timestamp "
+            "WHERE slide_id = ?", (*cols.values(), src.slide_id))
+    else:
+        insert_frame(conn, "slides", pd.DataFrame([{**cols, "slide_id": src.slide_id,
+                                                    "case_id": src.case_id, "status": "ingested"}]))
+    qc_rel = f"{QC_DIR}/{src.slide_id.replace('/', '_')}__{key}.png"
+    qc_path = store.resolve(qc_rel)
+    qc_path.parent.mkdir(parents=True, exist_ok=True)
+    qc_path.write_bytes(result.qc_png)
+    grid = result.grid
+    settings = {**tiling_settings(spec), "read": grid.spec}
+    import json
+
+    tiling_id = conn.exec_driver_sql(
+        "INSERT INTO tilings (slide_id, kind, settings_key, settings, target_mpp, tile_size, overlap, "
+        "min_tissue, tissue_method, read_level, read_size, size_l0, n_tiles, tissue_area_mm2, qc_path) "
+        "VALUES (?, 'grid', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING tiling_id",
+        (src.slide_id, key, json.dumps(settings), spec.target_mpp, spec.tile_size, spec.overlap,
+         spec.min_tissue, spec.tissue_method, grid.read_level, grid.read_size, grid.size_l0,
+         len(grid), result.tissue_area_mm2, qc_rel)).scalar()
+    insert_frame(conn, "tiles", {
+        "tiling_id": pd.Series(tiling_id, index=range(len(grid)), dtype="int64").to_numpy(),
+        "slide_id": [src.slide_id] * len(grid), "idx": grid.idx.astype("int32"),
+        "x": grid.x.astype("int64"), "y": grid.y.astype("int64"),
+        "size_l0": pd.Series(grid.size_l0, index=range(len(grid)), dtype="int32").to_numpy(),
+        "tissue_fraction": grid.tissue_fraction.astype("float32")})
+
+
+def _register_failure(conn: sa.Connection, src: SlideSource, message: str, existing: bool) -> None:
+    if existing:
+        # keep an ingested slide's state; only a slide that never succeeded records the error
+        conn.exec_driver_sql(
+            "UPDATE slides SET error = ?, updated_at = current_timestamp WHERE slide_id = ? AND status = 'failed'",
+            (message, src.slide_id))
+        return
+    _ensure_case(conn, src)
+    insert_frame(conn, "slides", pd.DataFrame([{
+        "slide_id": src.slide_id, "case_id": src.case_id, "path": str(src.path), "status": "failed",
+        "error": message, "sample_id": src.sample_id, "sample_type": src.sample_type}]))
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | None = None,
+           assume_mpp: float | None = None, workers: int | None = None,
+           show_progress: bool = True) -> IngestReport:
+    """Ingest every slide of `source`; returns per-slide outcomes (failures do not raise)."""
+    if cohort is not None:
+        check_cohort_name(cohort)
+    if assume_mpp is not None and not assume_mpp > 0:
+        raise InvalidInput(f"--assume-mpp must be > 0, got {assume_mpp}")
+    sources = read_source(source)  # validated whole before anything is written
+    key = tiling_key(spec)
+    report = IngestReport(key, spec, cohort=cohort)
+    with store.writer() as conn:
+        known, tiled = _catalog_state(conn, key)
+        conn.commit()
+        todo, report.outcomes = _plan(sources, known, tiled, key)
+        by_id = {s.slide_id: s for s in todo}
+        workers = default_workers() if workers is None else max(1, workers)
+        bar = progress_bar(total=len(sources), desc="ingest", unit="slide", disable=not show_progress)
+        bar.update(len(report.outcomes))
+
+        def handle(src: SlideSource, result, error: str | None) -> None:
+            existing = src.slide_id in known
+            with conn.begin():
+                if result is not None:
+                    _register_success(store, conn, src, result, spec, key, existing)
+                    if cohort:
+                        add_to_cohort(conn, cohort, [src.slide_id])
+                    report.outcomes.append(SlideOutcome(src.slide_id, "ingested", result.n_tiles))
+                else:
+                    _register_failure(conn, src, error, existing)
+                    report.outcomes.append(SlideOutcome(src.slide_id, "failed", message=error))
+            bar.update(1)
+            bar.set_postfix(tiles=report.n_tiles, failed=report.count("failed"), refresh=False)
+
+        spec_dict = spec.to_dict()
+        if workers == 1 or len(todo) <= 1:
+            for src in todo:
+                handle(src, *_process(str(src.path), spec_dict, assume_mpp))
+        else:
+            ctx = mp.get_context("spawn")  # never fork a process that holds the DuckDB file
+            with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                futures = {pool.submit(_process, str(s.path), spec_dict, assume_mpp): s.slide_id for s in todo}
+                try:
+                    for fut in cf.as_completed(futures):
+                        handle(by_id[futures[fut]], *fut.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        bar.close()
+        # slides already in the catalog (skipped) join the cohort too
+        skipped = [o.slide_id for o in report.outcomes if o.status == "skipped"]
+        if cohort and skipped:
+            with conn.begin():
+                add_to_cohort(conn, cohort, skipped)
+    return report
