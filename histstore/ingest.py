@@ -22,7 +22,7 @@ from histstore.errors import HiststoreError, InvalidInput
 from histstore.keys import settings_key
 from histstore.progress import progress_bar
 from histstore.sources import SlideSource, read_source
-from histstore.store import Store
+from histstore.store import Store, transaction
 from histstore.wsi.tiling import TilingSpec
 
 QC_DIR = "artifacts/qc"
@@ -197,7 +197,7 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
 
         def handle(src: SlideSource, result, error: str | None) -> None:
             existing = src.slide_id in known
-            with conn.begin():
+            with transaction(conn):
                 if result is not None:
                     _register_success(store, conn, src, result, spec, key, existing)
                     if cohort:
@@ -227,6 +227,6 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         # slides already in the catalog (skipped) join the cohort too
         skipped = [o.slide_id for o in report.outcomes if o.status == "skipped"]
         if cohort and skipped:
-            with conn.begin():
+            with transaction(conn):
                 add_to_cohort(conn, cohort, skipped)
     return report

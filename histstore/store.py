@@ -186,3 +186,14 @@ class Store:
                 except OSError:
                     pass
         return total
+
+
+@contextmanager
+def transaction(conn: sa.Connection) -> Iterator[sa.Connection]:
+    """One explicit transaction on a long-lived writer connection (see Store.writer): ends the
+    implicit transaction that earlier reads opened, then commits this unit of work whole or
+    rolls it back whole."""
+    if conn.in_transaction():
+        conn.commit()
+    with conn.begin():
+        yield conn

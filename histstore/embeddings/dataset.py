@@ -1,0 +1,154 @@
+"""The tile data pipeline shared by embedding and pretraining.
+
+`TileDataset` flattens the tiles of several slides (each in its tiling's idx order) and reads
+their pixels with OpenSlide at the tiling's read level and size, resampled to the tile size;
+each worker process keeps its own open slide handles. `TileCollate` stacks a batch into a uint8
+tensor [B, H, W, 3] and applies Macenko stain normalisation there, so with DataLoader workers
+the reading and normalising overlap with the model.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import sqlalchemy as sa
+import torch
+
+from histstore.catalog.bulk import query_numpy
+from histstore.errors import MissingStep, SlideReadError
+
+
+@dataclass(frozen=True)
+class SlideTiles:
+    """One slide's tiles in one tiling, in idx order, with what is needed to re-read them."""
+    slide_id: str
+    path: str
+    tiling_id: int
+    read_spec: dict  # read_level, read_size, tile_size (TileGrid.spec)
+    x: np.ndarray
+    y: np.ndarray
+    tile_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def load_slide_tiles(conn: sa.Connection, slide_ids: Sequence[str], tiling_key: str) -> list[SlideTiles]:
+    """Tiles of each slide in the tiling with this settings key (error naming slides without)."""
+    import json
+
+    meta = query_numpy(conn,
+        "SELECT t.slide_id, s.path, t.tiling_id, t.settings FROM tilings t JOIN slides s USING (slide_id) "
+        "WHERE t.settings_key = $1 AND t.slide_id IN (SELECT unnest($2::VARCHAR[]))",
+        [tiling_key, list(slide_ids)])
+    by_slide = {s: (p, int(t), json.loads(js) if isinstance(js, str) else js)
+                for s, p, t, js in zip(meta["slide_id"], meta["path"], meta["tiling_id"], meta["settings"])}
+    missing = [s for s in slide_ids if s not in by_slide]
+    if missing:
+        raise MissingStep(f"{len(missing)} slide(s) have no tiling {tiling_key}: {', '.join(missing[:5])}",
+                          hint="run `histstore ingest` with the same tiling settings first")
+    no_file = [s for s in slide_ids if not by_slide[s][0]]
+    if no_file:
+        raise MissingStep(f"{len(no_file)} slide(s) have no slide file (features-only): {', '.join(no_file[:5])}",
+                          hint="this step needs pixels; ingest the slide files")
+    tiles = query_numpy(conn,
+        "SELECT tiling_id, tile_id, x, y FROM tiles WHERE tiling_id IN (SELECT unnest($1::BIGINT[])) "
+        "ORDER BY tiling_id, idx", [[v[1] for v in by_slide.values()]])
+    out = []
+    tid = tiles["tiling_id"]
+    for sid in slide_ids:
+        path, tiling_id, settings = by_slide[sid]
+        lo, hi = np.searchsorted(tid, tiling_id, "left"), np.searchsorted(tid, tiling_id, "right")
+        out.append(SlideTiles(sid, path, tiling_id, settings["read"], tiles["x"][lo:hi].astype(np.int64),
+                              tiles["y"][lo:hi].astype(np.int64), tiles["tile_id"][lo:hi].astype(np.int64)))
+    return out
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Item i -> (uint8 [tile, tile, 3] numpy array, i). Flat over slides in the given order."""
+
+    def __init__(self, slides: Sequence[SlideTiles], max_open: int = 16):
+        self.slides = list(slides)
+        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in self.slides])]).astype(np.int64)
+        self.max_open = max_open
+        self._readers: OrderedDict[str, object] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return s, int(i - self.offsets[s])
+
+    def _reader(self, path: str):
+        from histstore.wsi.reader import open_slide
+
+        r = self._readers.get(path)
+        if r is None:
+            # mpp is irrelevant to reading pixels at a known level and size
+            r = open_slide(path, assume_mpp=1.0)
+            self._readers[path] = r
+            if len(self._readers) > self.max_open:
+                _, old = self._readers.popitem(last=False)
+                old.close()
+        else:
+            self._readers.move_to_end(path)
+        return r
+
+    def __getitem__(self, i: int):
+        from histstore.wsi.process import read_tile
+
+        s, j = self.locate(int(i))
+        sl = self.slides[s]
+        try:
+            tile = read_tile(self._reader(sl.path), sl.x[j], sl.y[j], sl.read_spec)
+        except SlideReadError:
+            raise
+        except Exception as exc:
+            raise SlideReadError(f"cannot read tile {j} of {sl.slide_id} from {sl.path}: {exc}") from None
+        return tile, int(i)
+
+    def __getstate__(self):  # readers are per process: never pickle open handles
+        state = dict(self.__dict__)
+        state["_readers"] = OrderedDict()
+        return state
+
+
+class TileCollate:
+    """Batch -> (uint8 tensor [B, H, W, 3], int64 indices [B]); Macenko-normalised if asked."""
+
+    def __init__(self, stain_norm: str = "none"):
+        if stain_norm not in ("none", "macenko"):
+            raise ValueError(f"stain_norm must be none or macenko, not {stain_norm!r}")
+        self.stain_norm = stain_norm
+
+    def __call__(self, batch):
+        tiles = torch.from_numpy(np.stack([b[0] for b in batch]))
+        index = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+        if self.stain_norm == "macenko":
+            from histstore.embeddings.stain import macenko_normalize
+
+            tiles = macenko_normalize(tiles)
+        return tiles, index
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # workers read and normalise; the model owns the other threads
+
+
+def tile_loader(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
+                shuffle: bool = False, pin_memory: bool = False, seed: int = 0,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    kwargs = {}
+    if workers > 0:
+        # spawn: never fork a process holding the DuckDB file and torch's thread pools
+        kwargs = dict(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4,
+                      worker_init_fn=_worker_init)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       num_workers=workers, collate_fn=TileCollate(stain_norm),
+                                       pin_memory=pin_memory, generator=gen, drop_last=drop_last,
+                                       **kwargs)
