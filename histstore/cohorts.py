@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from histstore.catalog.bulk import insert_frame, query_arrow, query_numpy
+from histstore.catalog.bulk import duckdb_connection, insert_frame, query_arrow, query_numpy
 from histstore.errors import CohortNotFound, EmptyCohort, InvalidInput, SQLError
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
@@ -69,7 +69,7 @@ def _slides_from_file(path: Path) -> list[str]:
 
 
 def _select_ids(conn: sa.Connection, sql: str) -> list[str]:
-    raw = conn.connection.driver_connection
+    raw = duckdb_connection(conn)
     try:
         # wrapping makes it a query: a write statement cannot run from here
         rel = raw.execute(f"SELECT DISTINCT slide_id FROM ({sql.strip().rstrip(';')}) ORDER BY 1")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from histstore.catalog.bulk import insert_frame, query_numpy
+from histstore.catalog.bulk import duckdb_connection, insert_frame, query_numpy
 from histstore.errors import InvalidInput
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
@@ -68,7 +68,7 @@ def import_genes(store: Store, path: Path | str, drivers: bool = False,
         n_new = _add_genes(conn, symbols, drivers, source)
         marked = 0
         if drivers:
-            raw = conn.connection.driver_connection
+            raw = duckdb_connection(conn)
             marked = raw.execute(
                 "UPDATE genes SET is_driver = true, source = $1 WHERE symbol IN "
                 "(SELECT unnest($2::VARCHAR[])) AND NOT is_driver", [source, symbols]).fetchone()[0]

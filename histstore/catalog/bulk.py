@@ -18,8 +18,15 @@ _counter = itertools.count()
 
 
 def duckdb_connection(conn: sa.Connection):
-    """The raw DuckDB connection behind a SQLAlchemy connection (same transaction)."""
-    return conn.connection.driver_connection
+    """The raw DuckDB connection behind a SQLAlchemy connection (same transaction).
+
+    DuckDB 2.0 refuses new work on a connection whose last result was not read to the end
+    (SQLAlchemy's scalar()/first() leave it so); the results of statements already executed
+    are not needed, so the pending one is dropped. The transaction is unaffected.
+    """
+    raw = conn.connection.driver_connection
+    raw.abort()
+    return raw
 
 
 def to_arrow(frame: Any) -> pa.Table:

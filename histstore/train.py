@@ -1,0 +1,405 @@
+"""`histstore train`: a cohort's bags -> k-fold cross-validated MIL models, every result in
+the catalog.
+
+Bags are the cohort's slides that have both a target for the task and an array in the
+embedding set (the others are counted and reported). Folds are grouped by case and
+stratified by label; inside a fold the non-test cases are split ~8:1 into train and
+validation (HistCode's 80/10/10), and epochs are selected on validation only. Each finished
+fold is written in one transaction (predictions, test-tile attention, metrics, curves), so an
+interrupted run keeps its finished folds, is marked `interrupted`, and `--resume RUN`
+continues it with the splits it started with.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from histstore.catalog.bulk import insert_frame, query_numpy
+from histstore.cohorts import cohort_slide_ids, require_cohort
+from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
+from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
+from histstore.progress import progress_bar
+from histstore.runs import create_run, end_run, require_run, write_metrics
+from histstore.store import Store, transaction
+from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
+
+MODELS = ("gated-attention", "attention", "mean", "max", "dsmil", "mil-rnn")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    cohort: str
+    task: str
+    embeddings: str | None = None
+    model: str = "gated-attention"
+    folds: int = 5
+    seed: int = 0
+    epochs: int = 50
+    patience: int | None = 10
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    dropout: float = 0.0
+    bags_per_step: int = 1
+    class_weight: str = "none"
+    select_on: str = "loss"
+    device: str = "auto"
+    threshold: float = 1.0
+    p_cut: float | None = None
+    fc_source: str | None = None
+    positive: str | None = None
+    genes: tuple[str, ...] | None = None  # multi-gene run: task is the kind (de, up, down, fc)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["genes"] = list(self.genes) if self.genes else None
+        return d
+
+
+@dataclass
+class Prepared:
+    spec: TaskSpec
+    info: EmbeddingSetInfo
+    slide_ids: list[str]
+    case_ids: list[str]
+    labels: list  # class names (classification) or floats
+    targets: np.ndarray  # class index or float
+    classes: list[str]
+    n_without_target: int
+    n_without_embedding: int
+
+
+@dataclass
+class TrainReport:
+    run_id: int
+    task: str
+    model: str
+    status: str
+    summary: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_bags: int = 0
+    n_without_target: int = 0
+    n_without_embedding: int = 0
+    seconds: float = 0.0
+    children: list["TrainReport"] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _choose_set(conn: sa.Connection, slide_ids: list[str], ref: str | None) -> EmbeddingSetInfo:
+    if ref is not None:
+        return resolve_set(conn, ref)
+    covering = sets_covering(conn, slide_ids)
+    if not covering:
+        raise MissingStep("no embeddings for this cohort",
+                          hint="run `histstore embed --encoder ENCODER --cohort COHORT` first")
+    if len(covering) > 1:
+        listing = ", ".join(f"{i.name} ({n} slides)" for i, n in covering)
+        raise InvalidInput(f"the cohort has several embedding sets: {listing}; choose one with --embeddings")
+    return covering[0][0]
+
+
+def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
+    """Everything validated before anything is written."""
+    require_cohort(conn, s.cohort)
+    members = cohort_slide_ids(conn, s.cohort)
+    if not members:
+        raise EmptyCohort(f"cohort {s.cohort!r} has no slides")
+    info = _choose_set(conn, members, s.embeddings)
+    tt = task_targets(conn, spec, members)
+    have = set(query_numpy(conn, "SELECT slide_id FROM embedding_arrays WHERE embedding_set_id = $1",
+                           [info.embedding_set_id])["slide_id"].tolist())
+    keep = [i for i, sid in enumerate(tt.slide_ids) if sid in have]
+    n_no_emb = len(tt.slide_ids) - len(keep)
+    if not keep:
+        raise MissingStep(f"no slide of cohort {s.cohort!r} has both a {spec.name} target and an "
+                          f"array in embedding set {info.name!r}",
+                          hint=f"run `histstore embed` for the cohort, or import labels for {spec.name}")
+    slide_ids = [str(tt.slide_ids[i]) for i in keep]
+    case_ids = [str(tt.case_ids[i]) for i in keep]
+    values = [tt.values[i] for i in keep]
+    if spec.is_regression:
+        targets = np.asarray(values, dtype=np.float64)
+        classes: list[str] = []
+        if np.ptp(targets) == 0:
+            raise InvalidInput(f"task {spec.name} has a constant target in cohort {s.cohort!r}")
+    else:
+        present = sorted(set(map(str, values)))
+        if len(present) < 2:
+            raise InvalidInput(f"task {spec.name} has a single class ({present[0]}) in cohort "
+                               f"{s.cohort!r}: nothing to learn")
+        if len(present) == 2:
+            pos = positive_class(present, s.positive)
+            classes = [c for c in present if c != pos] + [pos]
+        else:
+            classes = present
+        index = {c: i for i, c in enumerate(classes)}
+        targets = np.asarray([index[str(v)] for v in values], dtype=np.int64)
+    n_cases = len(set(case_ids))
+    if n_cases < s.folds:
+        raise InvalidInput(f"{n_cases} cases in cohort {s.cohort!r} with a {spec.name} target and "
+                           f"embeddings: fewer than --folds {s.folds}")
+    return Prepared(spec, info, slide_ids, case_ids, values, targets, classes, len(tt.missing), n_no_emb)
+
+
+def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
+    from histstore.mil.trainer import TrainConfig
+
+    cfg = {"dropout": s.dropout} if s.dropout else {}
+    return TrainConfig(model=s.model, model_cfg=cfg,
+                       task="regression" if spec.is_regression else "classification",
+                       n_classes=None if spec.is_regression else n_classes, epochs=s.epochs,
+                       patience=s.patience, lr=s.lr, weight_decay=s.weight_decay,
+                       bags_per_step=s.bags_per_step, class_weight=s.class_weight, select_on=s.select_on)
+
+
+def _write_fold(store: Store, conn: sa.Connection, run_id: int, p: Prepared, bags, result) -> None:
+    import torch
+
+    fold = int(result.fold)
+    rows = []
+    for subset, preds in (("val", result.val), ("test", result.test)):
+        for j, pos in enumerate(preds.index.tolist()):
+            if p.spec.is_regression:
+                label, target, predicted = None, float(p.targets[pos]), f"{float(preds.pred[j]):.6g}"
+            else:
+                label, target, predicted = p.classes[p.targets[pos]], float(p.targets[pos]), p.classes[int(preds.pred[j])]
+            rows.append({"run_id": run_id, "fold": fold, "slide_id": p.slide_ids[pos], "subset": subset,
+                         "label": label, "target": target, "score": float(preds.score[j]),
+                         "predicted": predicted})
+    insert_frame(conn, "predictions", pd.DataFrame(rows))
+    if result.test_attention:
+        tile_ids = np.concatenate([bags[pos].tile_ids for pos in result.test_attention])
+        scores = np.concatenate([np.asarray(a, dtype=np.float32) for a in result.test_attention.values()])
+        insert_frame(conn, "attention", {"run_id": np.full(len(tile_ids), run_id, np.int64),
+                                         "fold": np.full(len(tile_ids), fold, np.int32),
+                                         "tile_id": tile_ids, "score": scores})
+    metric_rows = [{"fold": fold, "subset": subset, "name": k, "value": v}
+                   for subset, m in result.metrics.items() for k, v in m.values.items()]
+    metric_rows.append({"fold": fold, "subset": "val", "name": "best_epoch", "value": result.best_epoch})
+    metric_rows.append({"fold": fold, "subset": "train", "name": "seconds_per_epoch",
+                        "value": result.seconds_per_epoch})
+    for h in result.history:
+        metric_rows.append({"fold": fold, "subset": "train", "name": "loss", "step": h.epoch, "value": h.train_loss})
+        metric_rows.append({"fold": fold, "subset": "val", "name": "loss", "step": h.epoch, "value": h.val_loss})
+    write_metrics(conn, run_id, metric_rows)
+    ckpt_rel = f"checkpoints/runs/{run_id}/fold{fold}.pt"
+    path = store.resolve(ckpt_rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_spec": result.model_spec, "state_dict": result.model_state,
+                "classes": p.classes, "target_scale": list(result.target_scale) if result.target_scale else None,
+                "embedding_set": p.info.name}, path)
+    conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, fold, description) VALUES "
+                         "('mil-checkpoint', ?, ?, ?, ?)", (ckpt_rel, run_id, fold, f"{result.model_spec['name']} weights"))
+
+
+def _split_rows(run_id: int, p: Prepared, splits) -> pd.DataFrame:
+    rows = []
+    for fold in range(splits.n_folds):
+        per_item = splits.subset[fold][splits.item_case]
+        for sid, cid, sub in zip(p.slide_ids, p.case_ids, per_item):
+            rows.append((run_id, fold, sid, cid, str(sub)))
+    return pd.DataFrame(rows, columns=["run_id", "fold", "slide_id", "case_id", "subset"])
+
+
+def _cohort_stats(conn: sa.Connection, p: Prepared, s: TrainSettings) -> list[dict]:
+    """Per-gene descriptors for the AUC-versus-fold-change analysis (subset 'cohort')."""
+    out = []
+    if p.spec.gene is not None:
+        lfc = conn.exec_driver_sql(
+            "SELECT avg(abs(log2_fold_change)) FROM fold_changes WHERE gene = ? AND case_id IN "
+            "(SELECT unnest(?::VARCHAR[]))" + (" AND source = ?" if s.fc_source else ""),
+            (p.spec.gene, sorted(set(p.case_ids)), *([s.fc_source] if s.fc_source else []))).scalar()
+        out.append({"subset": "cohort", "name": "mean_abs_log2fc", "value": lfc})
+    if not p.spec.is_regression:
+        out.append({"subset": "cohort", "name": "positive_fraction", "value": float(np.mean(p.targets == len(p.classes) - 1))})
+    out.append({"subset": "cohort", "name": "n_bags", "value": float(len(p.slide_ids))})
+    out.append({"subset": "cohort", "name": "n_cases", "value": float(len(set(p.case_ids)))})
+    return out
+
+
+def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskSpec,
+                parent_run_id: int | None = None, resume_run: dict | None = None,
+                show_progress: bool = True) -> TrainReport:
+    from histstore.embeddings.bags import load_bags
+    from histstore.mil.splits import make_splits, splits_from_rows
+    from histstore.mil.trainer import run_cv
+
+    t0 = time.perf_counter()
+    p = prepare(conn, s, spec)
+    config = _train_config(s, spec, max(2, len(p.classes)))
+    if resume_run is None:
+        splits = make_splits(p.case_ids, p.labels if not spec.is_regression else p.targets, s.folds,
+                             seed=s.seed, task=config.task)
+        with transaction(conn):
+            run_id = create_run(conn, kind="train", settings={**s.to_dict(), "task": spec.name, "genes": None,
+                                                              "task_spec": spec.to_dict(),
+                                                              "train_config": config.to_dict(),
+                                                              "classes": p.classes},
+                                seed=s.seed, cohort=s.cohort, task=spec.name, model=s.model,
+                                embedding_set_id=p.info.embedding_set_id, encoder_id=p.info.encoder_id,
+                                parent_run_id=parent_run_id)
+            insert_frame(conn, "splits", _split_rows(run_id, p, splits))
+            write_metrics(conn, run_id, _cohort_stats(conn, p, s))
+        done: set[int] = set()
+    else:
+        run_id = resume_run["run_id"]
+        stored = conn.exec_driver_sql(
+            "SELECT DISTINCT fold, case_id, subset FROM splits WHERE run_id = ?", (run_id,)).all()
+        slides = set(r[0] for r in conn.exec_driver_sql(
+            "SELECT DISTINCT slide_id FROM splits WHERE run_id = ?", (run_id,)).all())
+        if slides != set(p.slide_ids):
+            raise InvalidInput(f"run {run_id}'s bags changed since it started (labels or embeddings "
+                               "were changed): start a new run")
+        splits = splits_from_rows([{"fold": f, "case_id": c, "subset": sb} for f, c, sb in stored],
+                                  p.case_ids, seed=s.seed)
+        done = set(r[0] for r in conn.exec_driver_sql(
+            "SELECT DISTINCT fold FROM metrics WHERE run_id = ? AND subset = 'test' AND step IS NULL",
+            (run_id,)).all())
+        with transaction(conn):
+            conn.exec_driver_sql("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (run_id,))
+    report = TrainReport(run_id, spec.name, s.model, "running", n_bags=len(p.slide_ids),
+                         n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding)
+    bags = load_bags(store, conn, p.info, p.slide_ids)
+    from histstore.mil.bags import resolve_device
+
+    device = resolve_device(s.device)
+    remaining = splits.n_folds - len(done)
+    bar = progress_bar(total=remaining * s.epochs, desc=f"train {spec.name} {s.model} (run {run_id})",
+                       unit="epoch", disable=not show_progress)
+
+    def on_epoch(rec):
+        bar.update(1)
+        bar.set_postfix(fold=rec.fold, train=f"{rec.train_loss:.3f}", val=f"{rec.val_loss:.3f}", refresh=False)
+
+    try:
+        folds = run_cv([b.features for b in bags], p.targets, p.case_ids, config, n_folds=s.folds,
+                       seed=s.seed, device=device, splits=splits, skip_folds=done, progress_cb=on_epoch)
+        for result in folds:
+            with transaction(conn):
+                _write_fold(store, conn, run_id, p, bags, result)
+            # early-stopped folds leave epochs unused: keep the bar honest
+            bar.update(max(0, s.epochs - len(result.history)))
+        with transaction(conn):
+            end_run(conn, run_id, "finished")
+        report.status = "finished"
+    except KeyboardInterrupt:
+        with transaction(conn):
+            end_run(conn, run_id, "interrupted", "interrupted; `histstore train --resume "
+                                                 f"{run_id}` continues it")
+        raise
+    except Exception as exc:
+        with transaction(conn):
+            end_run(conn, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        bar.close()
+    report.summary = _summary(conn, run_id)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _summary(conn: sa.Connection, run_id: int) -> dict[str, tuple[float, float]]:
+    rows = conn.exec_driver_sql(
+        "SELECT metric, mean, sd FROM run_summary WHERE run_id = ? AND subset = 'test' ORDER BY 1",
+        (run_id,)).all()
+    return {m: (mean, sd) for m, mean, sd in rows}
+
+
+def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
+    if list(genes) == ["drivers"]:
+        out = [r[0] for r in conn.exec_driver_sql(
+            "SELECT symbol FROM genes WHERE is_driver ORDER BY 1").all()]
+        if not out:
+            raise MissingStep("no driver genes in the catalog", hint="run `histstore genes import FILE --drivers`")
+        return out
+    return list(dict.fromkeys(genes))
+
+
+def train(store: Store, s: TrainSettings, show_progress: bool = True) -> TrainReport:
+    if s.model not in MODELS:
+        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(MODELS)}")
+    if s.folds < 2:
+        raise InvalidInput("--folds must be >= 2")
+    with store.writer() as conn:
+        if not s.genes:
+            spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
+            _train_config(s, spec, 2)  # settings validated before anything runs
+            return _run_single(store, conn, s, spec, show_progress=show_progress)
+        return _train_genes(store, conn, s, show_progress)
+
+
+def _train_genes(store: Store, conn: sa.Connection, s: TrainSettings, show_progress: bool) -> TrainReport:
+    """One model per gene under one parent run; the parent stores the per-gene analysis."""
+    from scipy import stats
+
+    kind = s.task.split(":")[0]
+    if kind not in ("de", "up", "down", "fc"):
+        raise InvalidInput("with --genes, --task is the gene task kind: de, up, down or fc")
+    require_cohort(conn, s.cohort)
+    genes = _gene_list(conn, s.genes)
+    specs = [parse_task(f"{kind}:{g}", s.threshold, s.p_cut, s.fc_source) for g in genes]
+    with transaction(conn):
+        parent = create_run(conn, kind="train", settings=s.to_dict() | {"genes": genes}, seed=s.seed,
+                            cohort=s.cohort, task=f"{kind}:*", model=s.model)
+    report = TrainReport(parent, f"{kind}:*", s.model, "running")
+    try:
+        for spec in specs:
+            try:
+                report.children.append(_run_single(store, conn, s, spec, parent_run_id=parent,
+                                                   show_progress=show_progress))
+            except HiststoreError as exc:  # e.g. a gene with one class here: recorded, others go on
+                with transaction(conn):
+                    rid = create_run(conn, kind="train", settings=s.to_dict(), seed=s.seed, cohort=s.cohort,
+                                     task=spec.name, model=s.model, parent_run_id=parent)
+                    end_run(conn, rid, "failed", str(exc))
+                report.notes.append(f"{spec.name}: {exc}")
+        rows = conn.exec_driver_sql("""
+            SELECT r.task, s.mean, m.value FROM runs r
+            JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
+            JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
+            WHERE r.parent_run_id = ? AND r.status = 'finished'""",
+            ("pearson" if kind == "fc" else "auc", parent)).all()
+        parent_metrics = [{"name": "n_genes", "value": float(len(genes))},
+                          {"name": "n_genes_trained", "value": float(len(rows))}]
+        metric_vals, lfc_vals = [r[1] for r in rows], [r[2] for r in rows]
+        if len(rows) >= 3 and np.ptp(metric_vals) > 0 and np.ptp(lfc_vals) > 0:
+            rho, pval = stats.spearmanr(metric_vals, lfc_vals)
+            parent_metrics += [{"name": "spearman_metric_vs_mean_abs_log2fc", "value": float(rho)},
+                               {"name": "spearman_p", "value": float(pval)}]
+        with transaction(conn):
+            write_metrics(conn, parent, [{**m, "subset": "genes"} for m in parent_metrics])
+            end_run(conn, parent, "finished")
+        report.status = "finished"
+        report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
+    except KeyboardInterrupt:
+        with transaction(conn):
+            end_run(conn, parent, "interrupted", "interrupted")
+        raise
+    except Exception as exc:
+        with transaction(conn):
+            end_run(conn, parent, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    return report
+
+
+def resume(store: Store, run_id: int, show_progress: bool = True) -> TrainReport:
+    with store.writer() as conn:
+        run = require_run(conn, run_id)
+        if run["kind"] != "train":
+            raise InvalidInput(f"run {run_id} is a {run['kind']} run, not a train run")
+        if run["status"] == "finished":
+            raise InvalidInput(f"run {run_id} already finished")
+        if run["parent_run_id"] is None and run["task"] and run["task"].endswith(":*"):
+            raise InvalidInput("resume the gene runs one by one (their run ids are in `histstore runs show`)")
+        st = dict(run["settings"])
+        for k in ("task_spec", "train_config", "classes"):
+            st.pop(k, None)
+        st["genes"] = None
+        s = TrainSettings(**st)
+        spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
+        return _run_single(store, conn, s, spec, parent_run_id=run["parent_run_id"], resume_run=run,
+                           show_progress=show_progress)
