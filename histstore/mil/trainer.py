@@ -1,0 +1,501 @@
+"""Train and evaluate one MIL model per fold, and cross-validate.
+
+HistCode trains only the pooling and the linear layer on frozen embeddings: Adam, lr 1e-4,
+weight decay 1e-5, one slide per step. Model selection and early stopping use the
+validation subset only; test bags are evaluated once, with the selected weights (the
+authors' code stopped on the test fold). Test targets are blanked before the loop starts, so
+nothing in training can read them.
+
+Speed: all bags live on the device as one tensor (`PackedBags`): no per-step host->device
+copy, one-bag steps use views. A step of several bags (`bags_per_step > 1`) has loss = mean
+of per-bag losses, i.e. the mean of the bags' one-bag gradients, computed either by one
+concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
+time (the CPU default: big concatenated intermediates fall out of cache and were slower
+there). The loss is accumulated on the device and read once per epoch; evaluation runs in
+batches of up to `eval_tiles` tiles. `bags_per_step=1` is the paper's setting; larger values
+take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Collection, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from histstore.errors import InvalidInput
+from histstore.mil.bags import DTYPES, PackedBags, pack_bags, resolve_device
+from histstore.mil.metrics import Metrics, classification_metrics, regression_metrics
+from histstore.mil.models import MILModel, MILOutput, build_model, check_model_settings
+from histstore.mil.splits import Splits, make_splits
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (all folds share them). `model_cfg` goes to
+    `build_model` (e.g. {"dropout": 0.25})."""
+
+    model: str = "gated-attention"
+    model_cfg: Mapping[str, Any] = field(default_factory=dict)
+    task: Task = "classification"
+    n_classes: int | None = None        # default: max(target) + 1
+    epochs: int = 50                    # at most
+    patience: int | None = 10           # epochs without validation improvement; None: off
+    min_epochs: int = 1
+    lr: float = 1e-4                    # HistCode
+    weight_decay: float = 1e-5          # HistCode
+    bags_per_step: int = 1              # HistCode: one slide per step
+    # how a step of several bags runs: one concatenated forward ("concat", fastest on a GPU),
+    # or one bag at a time with gradient accumulation ("accumulate", faster on a CPU where
+    # small per-bag tensors stay in cache); both give the same gradient. auto: by device.
+    batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
+    class_weight: Literal["none", "balanced"] = "none"
+    select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC
+    standardize_targets: bool = True    # regression: fit on z-scored train targets
+    amp: bool = False                   # bf16 autocast (CUDA only)
+    feature_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    eval_tiles: int = 262_144           # tiles per evaluation batch
+
+    def __post_init__(self):
+        check_model_settings(self.model, dict(self.model_cfg))
+        if self.task not in ("classification", "regression"):
+            raise InvalidInput(f"unknown task {self.task!r}: classification or regression")
+        for name in ("epochs", "min_epochs", "bags_per_step", "eval_tiles"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
+        if self.patience is not None and (not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise InvalidInput(f"patience must be a positive integer or None, "
+                               f"got {self.patience!r}")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise InvalidInput("lr must be > 0 and weight_decay >= 0")
+        if self.class_weight not in ("none", "balanced"):
+            raise InvalidInput(f"class_weight must be none or balanced, "
+                               f"got {self.class_weight!r}")
+        if self.batch_mode not in ("auto", "concat", "accumulate"):
+            raise InvalidInput(f"batch_mode must be auto, concat or accumulate, "
+                               f"got {self.batch_mode!r}")
+        if self.select_on not in ("loss", "auc"):
+            raise InvalidInput(f"select_on must be loss or auc, got {self.select_on!r}")
+        if self.select_on == "auc" and self.task == "regression":
+            raise InvalidInput("select_on=auc needs a classification task")
+        if self.feature_dtype not in DTYPES:
+            raise InvalidInput(f"feature_dtype must be one of {', '.join(DTYPES)}")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise InvalidInput("n_classes must be >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model_cfg"] = dict(self.model_cfg)
+        return d
+
+
+@dataclass
+class EpochRecord:
+    fold: int | None
+    epoch: int                  # 1-based
+    train_loss: float
+    val_loss: float             # training objective on val bags (z-scored targets for
+                                # regression); NaN without a validation subset
+    val_metrics: dict[str, float]
+    train_seconds: float        # the training pass only
+    eval_seconds: float         # the validation pass
+    improved: bool              # best so far by the selection rule
+
+
+@dataclass
+class Predictions:
+    """One row per bag of a subset. score: positive-class probability (binary), the predicted
+    class's probability (multi-class), the prediction (regression). pred: predicted class, or
+    the predicted value. probs [n, C] for classification."""
+
+    index: np.ndarray           # bag positions in the input list
+    target: np.ndarray
+    score: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray | None = None
+
+
+@dataclass
+class FoldResult:
+    fold: int | None
+    seed: int
+    config: TrainConfig
+    n_outputs: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    best_epoch: int                     # 1-based; the weights returned are this epoch's
+    history: list[EpochRecord]
+    val: Predictions
+    test: Predictions
+    test_attention: dict[int, np.ndarray]   # bag position -> [N_i] float32
+    metrics: dict[str, Metrics]         # {"val": ..., "test": ...}
+    model_spec: dict[str, Any]          # build_model_from_spec(model_spec) rebuilds it
+    model_state: dict[str, Tensor]      # selected weights, on the CPU
+    target_scale: tuple[float, float] | None  # regression (mean, sd) the model was fit on
+    attention_kind: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return float(np.mean([h.train_seconds for h in self.history])) if self.history else 0.0
+
+    def prediction_rows(self) -> list[dict[str, Any]]:
+        """{"fold", "bag", "subset", "target", "score", "pred"} for val and test bags."""
+        rows = []
+        for subset, p in (("val", self.val), ("test", self.test)):
+            for i in range(len(p.index)):
+                rows.append({"fold": self.fold, "bag": int(p.index[i]), "subset": subset,
+                             "target": p.target[i].item(), "score": float(p.score[i]),
+                             "pred": p.pred[i].item()})
+        return rows
+
+
+@dataclass
+class EvalOutput:
+    logits: Tensor                    # [n, C] float32, on the device
+    aux_logits: Tensor | None
+    aux_weight: float
+    attention: list[np.ndarray] | None
+
+
+@torch.no_grad()
+def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tiles: int = 262_144,
+             amp: bool = False, attention: bool = False) -> EvalOutput:
+    """Forward bags idx in eval mode, in batches of at most eval_tiles tiles (a bag larger
+    than that goes alone)."""
+    was_training = model.training
+    model.eval()
+    idx = np.asarray(idx, dtype=np.int64)
+    logits, aux, att = [], [], []
+    aux_weight = 0.0
+    for chunk in _tile_chunks(bags.lengths[idx], eval_tiles):
+        part = idx[chunk]
+        x, seg = bags.batch(part)
+        with _autocast(bags.device, amp):
+            out = model.forward_segments(x.float() if not amp else x, seg, len(part))
+        logits.append(out.logits.float())
+        aux_weight = out.aux_weight
+        if out.aux_logits is not None:
+            aux.append(out.aux_logits.float())
+        if attention and out.attention is not None:
+            a = out.attention.float().cpu().numpy()
+            bounds = np.cumsum(bags.lengths[part])[:-1]
+            att.extend(np.split(a, bounds))
+    model.train(was_training)
+    dim = model.config.n_outputs
+    return EvalOutput(
+        torch.cat(logits) if logits else torch.zeros((0, dim), device=bags.device),
+        torch.cat(aux) if aux else None, aux_weight, att if attention else None)
+
+
+def _tile_chunks(lengths: np.ndarray, budget: int) -> Iterator[slice]:
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            yield slice(start, i)
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        yield slice(start, len(lengths))
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bag_losses(logits: Tensor, aux_logits: Tensor | None, aux_weight: float, y: Tensor,
+               task: Task, class_weight: Tensor | None = None) -> Tensor:
+    """Per-bag loss [B]: cross-entropy or squared error, (1 - w) main + w aux, times the
+    bag's class weight. Per-bag, so a step of B bags (their mean) has the gradient of the
+    mean of B one-bag steps; class weights act per bag (a weighted CE with reduction='mean'
+    would cancel them in one-bag steps)."""
+    def one(z: Tensor) -> Tensor:
+        if task == "regression":
+            return (z[:, 0].float() - y) ** 2
+        return F.cross_entropy(z.float(), y, reduction="none")
+
+    loss = one(logits)
+    if aux_logits is not None and aux_weight > 0:
+        loss = (1.0 - aux_weight) * loss + aux_weight * one(aux_logits)
+    if class_weight is not None:
+        loss = loss * class_weight[y]
+    return loss
+
+
+def train_fold(
+    bags: Sequence | PackedBags,
+    targets: Sequence,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    test_idx: Sequence[int],
+    config: TrainConfig = TrainConfig(),
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress_cb: Callable[[EpochRecord], None] | None = None,
+    fold: int | None = None,
+) -> FoldResult:
+    """Train on train_idx, select the epoch on val_idx, predict val and test bags.
+
+    bags: list of [N_i, D] tensors/arrays, or `PackedBags` (pack once for many folds).
+    targets [n]: class index (classification) or float (regression), one per bag.
+    Returns per-bag predictions, test-bag attention, per-epoch history, the selected epoch
+    and its weights. Deterministic on the CPU for a given seed.
+    """
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    packed = bags if isinstance(bags, PackedBags) else pack_bags(bags, dev, config.feature_dtype)
+    if packed.device != dev:
+        raise InvalidInput(f"bags are packed on {packed.device} but device is {dev}")
+    n = len(packed)
+    y_all = _check_targets(targets, n, config.task)
+    tr, va, te = (_as_idx(i, n, name) for i, name in
+                  ((train_idx, "train"), (val_idx, "val"), (test_idx, "test")))
+    if len(tr) == 0 or len(te) == 0:
+        raise InvalidInput("a fold needs at least one train and one test bag")
+    if (len(np.intersect1d(tr, va)) or len(np.intersect1d(tr, te))
+            or len(np.intersect1d(va, te))):
+        raise InvalidInput("train, val and test bags overlap")
+
+    notes: list[str] = []
+    # targets the loop may see: test positions blanked, so selection cannot use them
+    y_seen = y_all.copy()
+    y_seen[te] = 0
+    if config.task == "classification":
+        n_out = config.n_classes or int(y_all.max()) + 1
+        if n_out < 2:
+            raise InvalidInput("classification needs at least two classes")
+        if y_all.max() >= n_out:
+            raise InvalidInput(f"target {int(y_all.max())} >= n_classes {n_out}")
+        counts = np.bincount(y_seen[tr].astype(np.int64), minlength=n_out)
+        if (counts == 0).any():
+            notes.append(f"train bags per class: {counts.tolist()}")
+        class_w = None
+        if config.class_weight == "balanced":
+            w = len(tr) / (n_out * np.maximum(counts, 1))
+            class_w = torch.as_tensor(w, dtype=torch.float32, device=dev)
+        y_dev = torch.as_tensor(y_seen.astype(np.int64), device=dev)
+        scale = None
+    else:
+        n_out, class_w = 1, None
+        mu, sd = 0.0, 1.0
+        if config.standardize_targets:
+            mu = float(y_seen[tr].mean())
+            sd = float(y_seen[tr].std()) or 1.0
+        scale = (mu, sd)
+        y_dev = torch.as_tensor((y_seen - mu) / sd, dtype=torch.float32, device=dev)
+
+    select_on = config.select_on
+    if len(va) == 0:
+        notes.append("no validation bags: the last epoch is kept")
+    elif select_on == "auc" and len(np.unique(y_seen[va])) < 2:
+        notes.append("validation has one class: selecting on validation loss, not AUC")
+        select_on = "loss"
+
+    fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        model = build_model(config.model, packed.dim, n_out, **config.model_cfg).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr,
+                               weight_decay=config.weight_decay,
+                               **({"fused": True} if dev.type == "cuda" else {}))
+        rng = np.random.default_rng(seed)
+        history: list[EpochRecord] = []
+        best_key, best_epoch, best_state = None, 0, None
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss = _train_epoch(model, opt, packed, y_dev, rng.permutation(tr), config,
+                                      class_w)
+            t1 = time.perf_counter()
+            val_loss, val_metrics = math.nan, {}
+            if len(va):
+                ev = evaluate(model, packed, va, eval_tiles=config.eval_tiles, amp=config.amp)
+                val_loss = float(bag_losses(ev.logits, ev.aux_logits, ev.aux_weight, y_dev[
+                    torch.as_tensor(va, device=dev)], config.task, class_w).mean())
+                val_metrics = _metrics(ev.logits, y_seen[va], config.task, scale, n_out)[0].values
+            key = _selection_key(select_on, val_loss, val_metrics, epoch, len(va))
+            improved = best_key is None or key < best_key
+            if improved:
+                best_key, best_epoch = key, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            rec = EpochRecord(fold, epoch, train_loss, val_loss, val_metrics, t1 - t0,
+                              time.perf_counter() - t1, improved)
+            history.append(rec)
+            if progress_cb is not None:
+                progress_cb(rec)
+            if (config.patience is not None and len(va) and epoch >= config.min_epochs
+                    and epoch - best_epoch >= config.patience):
+                break
+        model.load_state_dict(best_state)
+
+    # the only place test bags are seen: once, with the selected weights
+    ev_val = evaluate(model, packed, va, eval_tiles=config.eval_tiles, amp=config.amp)
+    ev_test = evaluate(model, packed, te, eval_tiles=config.eval_tiles, amp=config.amp,
+                       attention=True)
+    val_pred = _predictions(ev_val.logits, va, y_all[va], config.task, scale)
+    test_pred = _predictions(ev_test.logits, te, y_all[te], config.task, scale)
+    m_val, _ = _metrics(ev_val.logits, y_all[va], config.task, scale, n_out)
+    m_test, _ = _metrics(ev_test.logits, y_all[te], config.task, scale, n_out)
+    return FoldResult(
+        fold=fold, seed=seed, config=config, n_outputs=n_out,
+        train_idx=tr, val_idx=va, test_idx=te, best_epoch=best_epoch, history=history,
+        val=val_pred, test=test_pred,
+        test_attention={int(i): a.astype(np.float32) for i, a in zip(te, ev_test.attention)},
+        metrics={"val": m_val, "test": m_test},
+        model_spec=model.spec(),
+        model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        target_scale=scale, attention_kind=model.attention_kind,
+        seconds=time.perf_counter() - t_start, notes=notes)
+
+
+def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed: PackedBags, y_dev: Tensor,
+                 order: np.ndarray, config: TrainConfig, class_w: Tensor | None) -> float:
+    """One pass over `order` in steps of bags_per_step bags; mean per-bag loss."""
+    model.train()
+    dev = packed.device
+    order_dev = torch.as_tensor(order, device=dev)
+    loss_sum = torch.zeros((), device=dev)  # read once per epoch: no per-step sync
+    b = config.bags_per_step
+    mode = config.batch_mode
+    if mode == "auto":
+        mode = "concat" if dev.type == "cuda" else "accumulate"
+    # one step: a list of (x, seg, n, positions in order) forwards whose summed loss / n_bags
+    # is the step's loss
+    for s in range(0, len(order), b):
+        idx = order[s:s + b]
+        if len(idx) == 1 or mode == "concat":
+            parts = [(*packed.batch(idx), len(idx), slice(s, s + len(idx)))]
+        else:
+            parts = [(packed.bag(int(i)), None, 1, slice(s + j, s + j + 1))
+                     for j, i in enumerate(idx)]
+        opt.zero_grad(set_to_none=True)
+        for x, seg, n, pos in parts:
+            with _autocast(dev, config.amp):
+                out: MILOutput = model.forward_segments(x if config.amp else x.float(), seg, n)
+            losses = bag_losses(out.logits, out.aux_logits, out.aux_weight,
+                                y_dev[order_dev[pos]], config.task, class_w)
+            loss = losses.sum() / len(idx)
+            loss.backward()
+            loss_sum += loss.detach() * len(idx)
+        opt.step()
+    return float(loss_sum) / len(order)
+
+
+def _selection_key(select_on: str, val_loss: float, val_metrics: dict, epoch: int,
+                   n_val: int) -> tuple:
+    """Smaller is better; ties keep the earlier epoch (strict improvement required)."""
+    if n_val == 0:
+        return (-epoch,)  # no validation: the latest epoch wins
+    loss = val_loss if not math.isnan(val_loss) else math.inf
+    if select_on == "auc":
+        auc = val_metrics.get("auc", math.nan)
+        return (-auc if not math.isnan(auc) else math.inf, loss)
+    return (loss,)
+
+
+def _probs_and_values(logits: Tensor, task: Task, scale) -> np.ndarray:
+    z = logits.float().cpu()
+    if task == "regression":
+        mu, sd = scale
+        return (z[:, 0] * sd + mu).numpy().astype(np.float64)
+    return torch.softmax(z, dim=1).numpy().astype(np.float64)
+
+
+def _predictions(logits: Tensor, idx: np.ndarray, target: np.ndarray, task: Task,
+                 scale) -> Predictions:
+    out = _probs_and_values(logits, task, scale)
+    if task == "regression":
+        return Predictions(idx, target.astype(np.float64), out, out)
+    pred = out.argmax(1) if len(out) else np.zeros(0, dtype=np.int64)
+    score = out[:, 1] if out.shape[1] == 2 else out.max(1, initial=0.0)
+    return Predictions(idx, target.astype(np.int64), score, pred, out)
+
+
+def _metrics(logits: Tensor, target: np.ndarray, task: Task, scale, n_out: int):
+    out = _probs_and_values(logits, task, scale)
+    if task == "regression":
+        return regression_metrics(target, out), out
+    return classification_metrics(target.astype(np.int64), out, n_out), out
+
+
+def _check_targets(targets: Sequence, n: int, task: Task) -> np.ndarray:
+    y = np.asarray(targets, dtype=np.float64)
+    if y.shape != (n,):
+        raise InvalidInput(f"{len(y)} targets for {n} bags")
+    if np.isnan(y).any():
+        raise InvalidInput("some targets are NaN: drop those bags first")
+    if task == "classification":
+        if (y < 0).any() or (y != np.round(y)).any():
+            raise InvalidInput("classification targets must be class indices 0..C-1")
+        return y.astype(np.int64)
+    return y
+
+
+def _as_idx(idx: Sequence[int], n: int, name: str) -> np.ndarray:
+    a = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if len(a) and (a.min() < 0 or a.max() >= n):
+        raise InvalidInput(f"{name} indices out of range for {n} bags")
+    if len(np.unique(a)) != len(a):
+        raise InvalidInput(f"{name} indices repeat a bag")
+    return np.sort(a)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Distinct, reproducible seed for each (run seed, fold)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
+def run_cv(
+    bags: Sequence | PackedBags,
+    targets: Sequence,
+    case_ids: Sequence,
+    config: TrainConfig = TrainConfig(),
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    val_fraction: float = 1 / 9,
+    device: str | torch.device = "cpu",
+    splits: Splits | None = None,
+    skip_folds: Collection[int] = (),
+    progress_cb: Callable[[EpochRecord], None] | None = None,
+) -> Iterator[FoldResult]:
+    """Cross-validate: make_splits (grouped by case, stratified), then train_fold per fold.
+
+    Inputs are validated and bags packed when called (bad input raises here, before any
+    fold); folds are trained lazily as the returned iterator is consumed, so the caller can
+    store each fold as it finishes. skip_folds: folds already stored (resume). To store the
+    splits before training, call make_splits yourself and pass splits=.
+    """
+    dev = resolve_device(device)
+    if splits is None:
+        splits = make_splits(case_ids, targets, n_folds, seed=seed, val_fraction=val_fraction,
+                             task=config.task)
+    if len(splits.item_case) != len(targets) or len(targets) != len(bags):
+        raise InvalidInput(f"{len(bags)} bags, {len(targets)} targets and "
+                           f"{len(splits.item_case)} split items differ")
+    _check_targets(targets, len(targets), config.task)
+    packed = bags if isinstance(bags, PackedBags) else pack_bags(bags, dev, config.feature_dtype)
+
+    def folds() -> Iterator[FoldResult]:
+        for fold in range(splits.n_folds):
+            if fold in skip_folds:
+                continue
+            tr, va, te = splits.indices(fold)
+            yield train_fold(packed, targets, tr, va, te, config, seed=fold_seed(seed, fold),
+                             device=dev, progress_cb=progress_cb, fold=fold)
+
+    return folds()
