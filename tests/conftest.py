@@ -6,7 +6,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch thread per test process: on a shared 2-core machine two OpenMP threads fighting
+# another process run small matmuls 20-200x slower (measured); tests never rely on threads.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture
@@ -45,3 +47,43 @@ def real_slide():
     from histstore.wsi.sample_data import real_sample_slide
 
     return real_sample_slide()
+
+
+@pytest.fixture(scope="session")
+def synth20(tmp_path_factory):
+    """20 synthetic slides (10 cases, each with a tumour and a normal slide)."""
+    from histstore.wsi.synth import synth_cohort
+
+    return synth_cohort(tmp_path_factory.mktemp("synth20"), n_slides=20, seed=1)
+
+
+@pytest.fixture(scope="session")
+def embedded_template(tmp_path_factory, synth20):
+    """A store holding synth20 ingested (64 px at 1 um/px), labelled, with fold changes and
+    embedded by a random-init ResNet-18 (cohort 'syn20'). Built once; copy before mutating."""
+    from histstore.embed import embed
+    from histstore.genes import import_fold_changes
+    from histstore.ingest import ingest
+    from histstore.labels import import_labels
+    from histstore.store import Store
+    from histstore.wsi.tiling import TilingSpec
+
+    store, _ = Store.init(tmp_path_factory.mktemp("tmpl") / "store")
+    ingest(store, synth20.manifest, TilingSpec(target_mpp=1.0, tile_size=64), cohort="syn20",
+           workers=2, show_progress=False)
+    import_labels(store, synth20.labels, "tumor")
+    import_fold_changes(store, synth20.foldchanges, "synth")
+    embed(store, "resnet18", "syn20", allow_random=True, stain_norm="none", workers=0,
+          precision="fp32", batch_size=64, show_progress=False)
+    return store
+
+
+@pytest.fixture
+def embedded(embedded_template, tmp_path):
+    """A private copy of the embedded template store."""
+    import shutil
+
+    from histstore.store import Store
+
+    shutil.copytree(embedded_template.root, tmp_path / "store")
+    return Store(tmp_path / "store")
