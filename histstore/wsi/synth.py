@@ -1,0 +1,768 @@
+"""Synthetic H&E-like slides and cohorts with planted tumour regions, for tests and demos.
+
+A slide is an irregular tissue blob on white glass: pink, fibrous stroma (eosin) with small,
+round-to-oval purple nuclei (haematoxylin). Tumour slides carry one to three irregular regions
+of tumour-like texture: nuclei denser, larger, darker and irregular in shape, with less eosin.
+Colour is made by Beer-Lambert mixing of two stain optical densities, so it looks stained
+rather than painted.
+
+Files are pyramidal, tiled, JPEG-compressed TIFFs written with tifffile as OpenSlide's
+generic-tiff reader wants them (see ../shared/docs/stack-notes.md): one page per level,
+tile 256 x 256, resolution tags in centimetres (so OpenSlide reports mpp), subfiletype=1 on the
+reduced levels. Level 0 is rendered in strips and streamed to tifffile as an iterator of tiles,
+so a 60000 x 60000 slide never sits in memory; reduced levels are accumulated from the strips
+(in a temporary memory-mapped file when large).
+
+Rendering is deterministic in level-0 coordinates (noise from hashed lattices, nuclei from
+per-block generators), so a slide looks the same however it is cut into strips.
+
+`synth_cohort` writes a whole cohort: slides named like TCGA slides
+(`TCGA-SY-0001-01Z-00-DX1` for a tumour sample, `...-11Z-...` for normal tissue; the case id is
+the first 12 characters), plus manifest.csv, labels.csv, foldchanges.csv (genes that track the
+case's tumour burden strongly, weakly or not at all) and truth.json (planted regions as
+polygons in level-0 px). `tumor_fraction_of_tiles` measures how much of each tile lies in a
+planted region.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+# Stain optical densities per unit concentration (R, G, B), tuned to look like the
+# CMU sample slide: stroma about (205, 140, 180), nuclei about (60, 35, 90).
+_OD_HEMATOXYLIN = np.array([0.95, 1.25, 0.62], np.float32)
+_OD_EOSIN = np.array([0.3, 1.0, 0.5], np.float32)
+_OD_GLASS = np.array([0.045, 0.05, 0.055], np.float32)
+_BACKGROUND = np.round(255 * np.exp(-_OD_GLASS)).astype(np.uint8)
+
+TILE = 256  # TIFF tile edge
+_BLOCK = 256  # nuclei are drawn per block of level-0 px, each with its own generator
+_GRAIN = 512  # period of the fine texture patch
+_BIG_PIXELS = 1 << 28  # above this many level-0 px: BigTIFF, reduced levels memory-mapped
+
+# (gene, strength, log2FC per unit of tumour burden). Burden is the fraction of a case's
+# tumour-slide tissue that is tumour; genes with strength 'none' are noise.
+GENES: tuple[tuple[str, str, float], ...] = (
+    ("TP53", "strong", 6.0),
+    ("MYC", "strong", 5.0),
+    ("EGFR", "strong", -5.0),
+    ("CDKN2A", "strong", -6.0),
+    ("KRAS", "weak", 2.0),
+    ("PIK3CA", "weak", 1.5),
+    ("PTEN", "weak", -2.0),
+    ("BRAF", "weak", 1.5),
+    ("STK11", "none", 0.0),
+    ("KEAP1", "none", 0.0),
+    ("NF1", "none", 0.0),
+    ("SMARCA4", "none", 0.0),
+)
+_NOISE_SD = {"strong": 0.25, "weak": 0.8, "none": 0.8}
+
+
+# ----------------------------------------------------------------------------------------
+# deterministic noise
+# ----------------------------------------------------------------------------------------
+def _hash_uniform(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) per integer lattice point (splitmix64 finaliser), float32."""
+    with np.errstate(over="ignore"):
+        h = (
+            ix.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            ^ iy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+            ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x165667B19E3779F9)
+        )
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return ((h >> np.uint64(40)).astype(np.float64) / float(1 << 24)).astype(np.float32)
+
+
+def _interp_weights(coords: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lattice index (relative to the first) and smoothstep weight of each coordinate."""
+    t = coords / cell
+    fl = np.floor(t)
+    i0 = int(fl.min())
+    f = (t - fl).astype(np.float32)
+    return (fl - i0).astype(np.int64), f * f * (3 - 2 * f), i0
+
+
+def value_noise(xs: np.ndarray, ys: np.ndarray, cell: float, seed: int) -> np.ndarray:
+    """Smooth noise in [-1, 1] on the grid ys x xs (level-0 coords): float32 (len(ys), len(xs)).
+
+    Lattice values are a hash of the global lattice index, so any window of the same slide
+    gives the same values where windows overlap. Separable smoothstep interpolation, done as
+    two gathers (much faster than a product with a mostly-zero weight matrix).
+    """
+    ix, sx, ix0 = _interp_weights(np.asarray(xs, np.float64), cell)
+    iy, sy, iy0 = _interp_weights(np.asarray(ys, np.float64), cell)
+    gy, gx = np.meshgrid(
+        np.arange(iy0, iy0 + iy.max() + 2), np.arange(ix0, ix0 + ix.max() + 2), indexing="ij"
+    )
+    g = _hash_uniform(gx, gy, seed) * 2 - 1
+    rows = g[iy] * (1 - sy)[:, None] + g[iy + 1] * sy[:, None]  # (len(ys), n_lattice_x)
+    out = rows[:, ix]
+    out *= 1 - sx
+    out += rows[:, ix + 1] * sx
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# one slide
+# ----------------------------------------------------------------------------------------
+@dataclass
+class SlideModel:
+    """Everything needed to render any window of one synthetic slide."""
+
+    width: int
+    height: int
+    mpp: float
+    seed: int
+    tumor: bool
+    regions: list[np.ndarray]  # polygons (k, 2) float, level-0 (x, y)
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    fibre_angle: float
+
+    # nuclear morphology in um (radius), density in nuclei per um^2
+    normal_radius_um: float = 2.6
+    normal_density: float = 1 / 260.0
+    tumor_radius_um: float = 4.6
+    tumor_density: float = 1 / 110.0
+
+    @property
+    def margin(self) -> int:
+        """Border rendered around a window so nuclei cut by its edge still draw."""
+        return int(math.ceil(2.2 * self.tumor_radius_um / self.mpp)) + 4
+
+    # -- fields -----------------------------------------------------------------------
+    def tissue_field(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """> 0 inside the tissue blob (float32 (len(ys), len(xs)))."""
+        ex = ((np.asarray(xs, np.float32) - self.cx) / self.rx) ** 2
+        ey = ((np.asarray(ys, np.float32) - self.cy) / self.ry) ** 2
+        size = max(self.width, self.height)
+        f = 1.0 - ey[:, None] - ex[None, :]
+        f += 0.55 * value_noise(xs, ys, size / 5.0, self.seed + 1)
+        f += 0.25 * value_noise(xs, ys, size / 13.0, self.seed + 2)
+        return f
+
+    def tumor_mask(self, x0: int, y0: int, w: int, h: int, step: int = 1) -> np.ndarray:
+        """uint8 (h, w) 1 inside a planted region; pixel (r, c) is level-0 (x0+c*step, y0+r*step)."""
+        import cv2
+
+        out = np.zeros((h, w), np.uint8)
+        if self.regions:
+            pts = [
+                np.round(((p - (x0, y0)) / step - 0.5) * 16).astype(np.int32)
+                for p in self.regions
+            ]
+            for p in pts:  # one call per polygon: overlapping polygons must not cancel
+                cv2.fillPoly(out, [p], 1, lineType=cv2.LINE_8, shift=4)
+        return out
+
+    def lowres_masks(self, step: float) -> tuple[np.ndarray, np.ndarray]:
+        """(tissue bool, tumour bool) on a grid of `step` level-0 px (pixel centres)."""
+        nx = max(1, int(math.ceil(self.width / step)))
+        ny = max(1, int(math.ceil(self.height / step)))
+        xs = (np.arange(nx) + 0.5) * step
+        ys = (np.arange(ny) + 0.5) * step
+        tissue = self.tissue_field(xs, ys) > 0
+        tum = np.zeros((ny, nx), np.uint8)
+        import cv2
+
+        for p in self.regions:
+            q = np.round((p / step - 0.5) * 16).astype(np.int32)
+            cv2.fillPoly(tum, [q], 1, lineType=cv2.LINE_8, shift=4)
+        tum = tum.astype(bool)
+        return tissue | tum, tum
+
+    # -- nuclei -----------------------------------------------------------------------
+    def _nuclei(self, bx0: int, by0: int, bx1: int, by1: int) -> dict[str, np.ndarray]:
+        """All candidate nuclei of blocks [bx0, bx1) x [by0, by1), both populations."""
+        px_per_um = 1.0 / self.mpp
+        area_um2 = (_BLOCK * self.mpp) ** 2
+        parts: list[dict[str, np.ndarray]] = []
+        for by in range(by0, by1):
+            for bx in range(bx0, bx1):
+                rng = np.random.default_rng((self.seed & 0xFFFFFFFF, 17, bx + 1_000_000, by + 1_000_000))
+                for kind, radius_um, density in (
+                    (0, self.normal_radius_um, self.normal_density),
+                    (1, self.tumor_radius_um, self.tumor_density),
+                ):
+                    if kind == 1 and not self.tumor:
+                        continue
+                    n = int(rng.poisson(area_um2 * density))
+                    if n == 0:
+                        continue
+                    parts.append(
+                        {
+                            "kind": np.full(n, kind, np.int8),
+                            "x": (bx + rng.random(n)) * _BLOCK,
+                            "y": (by + rng.random(n)) * _BLOCK,
+                            "r": radius_um * px_per_um * rng.uniform(0.75, 1.3, n),
+                            "aspect": rng.uniform(1.0, 1.9 if kind == 0 else 1.5, n),
+                            "angle": rng.uniform(0, math.pi, n),
+                            "dark": rng.uniform(0.7, 1.0, n) if kind == 0 else rng.uniform(1.0, 1.3, n),
+                            "wobble": rng.normal(0, 1, (n, 4)),
+                        }
+                    )
+        if not parts:
+            return {k: np.zeros(0) for k in ("kind", "x", "y", "r", "aspect", "angle", "dark")} | {
+                "wobble": np.zeros((0, 4))
+            }
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _draw_nuclei(self, canvas: np.ndarray, X0: int, Y0: int,
+                     tissue: np.ndarray, tum: np.ndarray) -> None:
+        """Draw nuclei (value = darkness * 100) into uint8 canvas covering level-0 X0, Y0."""
+        import cv2
+
+        H, W = canvas.shape
+        nuc = self._nuclei(
+            X0 // _BLOCK, Y0 // _BLOCK, (X0 + W - 1) // _BLOCK + 1, (Y0 + H - 1) // _BLOCK + 1
+        )
+        if nuc["x"].size == 0:
+            return
+        lx = nuc["x"] - X0
+        ly = nuc["y"] - Y0
+        inside = (lx >= 0) & (lx < W) & (ly >= 0) & (ly < H)
+        c = np.clip(lx.astype(np.int64), 0, W - 1)
+        r = np.clip(ly.astype(np.int64), 0, H - 1)
+        in_tissue = tissue[r, c]
+        in_tumor = tum[r, c].astype(bool)
+        kind = nuc["kind"]
+        # a few stromal nuclei remain inside tumour nests
+        keep_normal = (kind == 0) & in_tissue & (~in_tumor | (nuc["wobble"][:, 3] > 1.3))
+        keep = inside & (keep_normal | ((kind == 1) & in_tumor))
+        idx = np.flatnonzero(keep)
+        if idx.size == 0:
+            return
+        kind = kind[idx]
+        nv = 12
+        phi = np.linspace(0, 2 * math.pi, nv, endpoint=False)
+        w = nuc["wobble"][idx]
+        irregular = np.where(kind == 1, 0.22, 0.06)[:, None]
+        # smooth random radial profile: two low harmonics with random phase
+        prof = 1 + irregular * (
+            w[:, :1] * np.cos(2 * phi + w[:, 1:2] * 3) + w[:, 2:3] * np.sin(3 * phi + w[:, 1:2])
+        ) * 0.6
+        a = nuc["r"][idx][:, None] * np.sqrt(nuc["aspect"][idx])[:, None] * prof
+        b = nuc["r"][idx][:, None] / np.sqrt(nuc["aspect"][idx])[:, None] * prof
+        ang = nuc["angle"][idx][:, None]
+        ex, ey = a * np.cos(phi), b * np.sin(phi)
+        px = lx[idx][:, None] + ex * np.cos(ang) - ey * np.sin(ang)
+        py = ly[idx][:, None] + ex * np.sin(ang) + ey * np.cos(ang)
+        pts = np.round(np.stack([px, py], axis=-1) * 4).astype(np.int32)  # shift=2: 1/4 px
+        val = np.clip(nuc["dark"][idx] * 100, 1, 255).astype(np.int64).tolist()
+        fill = cv2.fillPoly
+        # one call per nucleus: a single multi-polygon fillPoly XORs where nuclei overlap
+        for k in range(idx.size):
+            fill(canvas, [pts[k]], val[k], cv2.LINE_8, 2)
+
+    def _smooth_fields(self, X0: int, Y0: int, W: int, H: int) -> list[np.ndarray]:
+        """Low-frequency fields of a window, (H, W) float32 each: tissue blob (> 0 inside),
+        holes, fibre phase warp, fibre amplitude, stain patchiness.
+
+        Sampled every `step` px on a grid aligned to global multiples of `step`, then
+        upsampled (bicubic); the upsampling shifts every field by the same (step - 1) / 2 px
+        everywhere, so windows still agree.
+        """
+        import cv2
+
+        step = max(2, int(round(2.0 / self.mpp)))
+        cx0 = (X0 // step) * step - 2 * step  # two samples of slack each side for cubic
+        cy0 = (Y0 // step) * step - 2 * step
+        nx = (X0 + W - cx0) // step + 4
+        ny = (Y0 + H - cy0) // step + 4
+        xs = cx0 + step * np.arange(nx, dtype=np.float64)
+        ys = cy0 + step * np.arange(ny, dtype=np.float64)
+        um = 1.0 / self.mpp
+        amp = value_noise(xs, ys, 40 * um, self.seed + 7)
+        amp += 0.3
+        np.clip(amp, 0.0, 1.0, out=amp)
+        amp *= 0.12
+        coarse = [
+            self.tissue_field(xs, ys),
+            0.75 * value_noise(xs, ys, 30 * um, self.seed + 5)
+            + 0.35 * value_noise(xs, ys, 11 * um, self.seed + 8),
+            7.0 * value_noise(xs, ys, 70 * um, self.seed + 3)
+            + 2.0 * value_noise(xs, ys, 15 * um, self.seed + 6),
+            amp,
+            value_noise(xs, ys, 60 * um, self.seed + 4),
+        ]
+        ox, oy = X0 - cx0, Y0 - cy0
+        return [
+            cv2.resize(c, (nx * step, ny * step), interpolation=cv2.INTER_CUBIC)[
+                oy : oy + H, ox : ox + W
+            ]
+            for c in coarse
+        ]
+
+    # -- pixels -----------------------------------------------------------------------
+    def _grain(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Fine texture in [0, 1]: a blurred random 512 x 512 patch repeated over the slide."""
+        import cv2
+
+        if getattr(self, "_grain_patch", None) is None:
+            rng = np.random.default_rng((self.seed & 0xFFFFFFFF, 29))
+            patch = rng.random((_GRAIN, _GRAIN), dtype=np.float32)
+            patch = cv2.GaussianBlur(np.pad(patch, 8, mode="wrap"), (0, 0), 0.8)[8:-8, 8:-8]
+            self._grain_patch = patch
+        iy = (ys.astype(np.int64) % _GRAIN)[:, None]
+        ix = (xs.astype(np.int64) % _GRAIN)[None, :]
+        return self._grain_patch[iy, ix]
+
+    def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of the level-0 window with top-left (x0, y0)."""
+        import cv2
+
+        m = self.margin
+        X0, Y0, W, H = x0 - m, y0 - m, w + 2 * m, h + 2 * m
+        xs = np.arange(X0, X0 + W, dtype=np.float64)
+        ys = np.arange(Y0, Y0 + H, dtype=np.float64)
+        tum = self.tumor_mask(X0, Y0, W, H)
+        # smooth fields vary over >= 15 um: evaluate them on a coarse grid and interpolate
+        blob, holes, warp, amp, patch = self._smooth_fields(X0, Y0, W, H)
+        tissue = (blob > 0) | tum.astype(bool)
+        if not tissue[m : m + h, m : m + w].any():
+            return np.broadcast_to(_BACKGROUND, (h, w, 3)).copy()
+        # lumens / fat: small pale holes in the stroma
+        tissue_f = (tissue & ~((holes > 0.8) & (tum == 0))).astype(np.float32)
+        tissue_f = cv2.GaussianBlur(tissue_f, (0, 0), 1.0)
+
+        # nuclei -> haematoxylin density
+        canvas = np.zeros((H, W), np.uint8)
+        self._draw_nuclei(canvas, X0, Y0, tissue, tum)
+        hema = cv2.GaussianBlur(canvas, (0, 0), 0.5 / self.mpp).astype(np.float32)
+        grain = self._grain(xs, ys)
+        hema *= (0.9 / 100) * (0.5 + grain)  # chromatin texture
+        tum_f = cv2.GaussianBlur(tum.astype(np.float32), (0, 0), 2.0)
+        hema += tissue_f * (0.03 + 0.14 * tum_f)  # basophilic cytoplasm in tumour nests
+
+        # stroma -> eosin density: wavy collagen fibres that fade in and out, patchy intensity
+        k = 2 * math.pi / (9.0 / self.mpp)
+        ca, sa = math.cos(self.fibre_angle), math.sin(self.fibre_angle)
+        phase = (ys * (k * sa)).astype(np.float32)[:, None] + (xs * (k * ca)).astype(np.float32)[None, :]
+        phase += warp
+        fibre = np.sin(phase, out=phase)
+        fibre += 1.0
+        fibre *= fibre  # sharpen: thin dense bands on a paler ground
+        amp *= 1.0 - 0.8 * tum_f  # tumour nests: cells, not collagen
+        fibre *= amp
+        eosin = 0.42 + 0.12 * patch + fibre + 0.1 * (grain - 0.5)
+        eosin *= tissue_f
+        eosin *= 1.0 - 0.5 * tum_f
+
+        # Beer-Lambert: I = 255 exp(-(H od_H + E od_E + od_glass)), channel by channel
+        hema, eosin = hema[m : m + h, m : m + w], eosin[m : m + h, m : m + w]
+        chans = [
+            cv2.exp(hema * float(-_OD_HEMATOXYLIN[c]) + eosin * float(-_OD_EOSIN[c])
+                    - float(_OD_GLASS[c]))
+            for c in range(3)
+        ]
+        return cv2.convertScaleAbs(cv2.merge(chans), alpha=255.0)
+
+
+def make_slide_model(
+    width: int,
+    height: int,
+    mpp: float,
+    seed: int,
+    tumor: bool,
+    burden: float = 0.3,
+    n_regions: int | None = None,
+) -> SlideModel:
+    """Pick the tissue blob and, for a tumour slide, regions covering ~burden of the tissue."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    model = SlideModel(
+        width=int(width),
+        height=int(height),
+        mpp=float(mpp),
+        seed=int(seed),
+        tumor=bool(tumor),
+        regions=[],
+        cx=width * rng.uniform(0.45, 0.55),
+        cy=height * rng.uniform(0.45, 0.55),
+        rx=width * rng.uniform(0.38, 0.46),
+        ry=height * rng.uniform(0.38, 0.46),
+        fibre_angle=rng.uniform(0, math.pi),
+    )
+    if not tumor:
+        return model
+    step = max(width, height) / 256.0
+    tissue, _ = model.lowres_masks(step)
+    tissue_area = float(tissue.sum()) * step * step
+    k = int(n_regions) if n_regions else int(rng.integers(1, 4))
+    shares = rng.dirichlet(np.full(k, 3.0))
+    dist = cv2.distanceTransform(
+        np.pad(tissue.astype(np.uint8), 1), cv2.DIST_L2, 5
+    )[1:-1, 1:-1] * step
+    for share in shares:
+        radius = math.sqrt(burden * share * tissue_area / math.pi)
+        ok = np.flatnonzero(dist.ravel() >= 0.9 * radius)
+        if ok.size == 0:
+            ok = np.array([int(np.argmax(dist))])
+        j = int(rng.choice(ok))
+        cy, cx = (np.array(np.unravel_index(j, dist.shape)) + 0.5) * step
+        nv = 40
+        phi = np.linspace(0, 2 * math.pi, nv, endpoint=False)
+        harm = sum(
+            rng.normal(0, 0.22 / h) * np.cos(h * phi + rng.uniform(0, 2 * math.pi))
+            for h in range(2, 6)
+        )
+        rad = radius * np.clip(1 + harm, 0.4, None)
+        poly = np.stack([cx + rad * np.cos(phi), cy + rad * np.sin(phi)], axis=1)
+        poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
+        poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
+        model.regions.append(np.round(poly, 1))
+    return model
+
+
+def _level_sizes(width: int, height: int, downsamples) -> list[tuple[int, int]]:
+    return [(max(1, math.ceil(width / d)), max(1, math.ceil(height / d))) for d in downsamples]
+
+
+def write_slide_tiff(
+    path: str | Path,
+    model: SlideModel,
+    downsamples: tuple[int, ...] = (1, 4, 16),
+    jpeg_quality: int = 85,
+    strip_rows: int = 512,
+    chunk_cols: int = 4096,
+) -> None:
+    """Render `model` into a pyramidal tiled JPEG TIFF at `path`, strip by strip.
+
+    downsamples: powers of two, first 1, each dividing strip_rows (a multiple of 256).
+    """
+    import cv2
+    import tifffile
+
+    if downsamples[0] != 1 or any(strip_rows % d for d in downsamples[1:]):
+        raise ValueError(f"bad downsamples {downsamples} for strip_rows {strip_rows}")
+    W, H = model.width, model.height
+    sizes = _level_sizes(W, H, downsamples)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = W * H > _BIG_PIXELS
+    tmpdir = tempfile.TemporaryDirectory(dir=path.parent, prefix=".synth-") if big else None
+    partial = path.with_name(f".{path.name}.partial")
+    reduced: list[np.ndarray] = []
+    for i, (lw, lh) in enumerate(sizes[1:], start=1):
+        if big and lw * lh * 3 > _BIG_PIXELS:
+            reduced.append(
+                np.lib.format.open_memmap(
+                    os.path.join(tmpdir.name, f"level{i}.npy"), "w+", np.uint8, (lh, lw, 3)
+                )
+            )
+        else:
+            reduced.append(np.empty((lh, lw, 3), np.uint8))
+
+    n_tx = math.ceil(W / TILE)
+    padded_w = n_tx * TILE
+
+    def level0_tiles() -> Iterator[np.ndarray]:
+        for y0 in range(0, H, strip_rows):
+            rows = min(strip_rows, H - y0)
+            strip = np.empty((strip_rows, padded_w, 3), np.uint8)
+            strip[:] = _BACKGROUND
+            for x0 in range(0, W, chunk_cols):
+                cols = min(chunk_cols, W - x0)
+                strip[:rows, x0 : x0 + cols] = model.render(x0, y0, cols, rows)
+            for (lw, lh), d, arr in zip(sizes[1:], downsamples[1:], reduced):
+                r0 = y0 // d
+                r1 = min(lh, r0 + math.ceil(rows / d))
+                arr[r0:r1] = cv2.resize(
+                    strip[:rows, :W], (lw, r1 - r0), interpolation=cv2.INTER_AREA
+                )
+            for ty in range(0, rows, TILE):
+                for tx in range(0, padded_w, TILE):
+                    yield strip[ty : ty + TILE, tx : tx + TILE]
+
+    px_per_cm = 1e4 / model.mpp
+    common = dict(
+        tile=(TILE, TILE),
+        compression="jpeg",
+        compressionargs={"level": jpeg_quality},
+        photometric="rgb",
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
+    try:
+        # written under a hidden name and renamed when complete: an interrupted run never
+        # leaves a truncated slide under the real name
+        with tifffile.TiffWriter(partial, bigtiff=big) as tif:
+            tif.write(
+                level0_tiles(),
+                shape=(H, W, 3),
+                dtype=np.uint8,
+                resolution=(px_per_cm, px_per_cm),
+                description=f"histstore synthetic slide seed={model.seed}",
+                **common,
+            )
+            for d, arr in zip(downsamples[1:], reduced):
+                tif.write(
+                    arr,
+                    resolution=(px_per_cm / d, px_per_cm / d),
+                    subfiletype=1,
+                    **common,
+                )
+        os.replace(partial, path)
+    finally:
+        del reduced
+        if tmpdir is not None:
+            tmpdir.cleanup()
+        if partial.exists():
+            partial.unlink()
+
+
+@dataclass
+class SynthSlide:
+    """One written synthetic slide and its ground truth (regions in level-0 px)."""
+
+    slide_id: str
+    case_id: str
+    path: Path
+    tumor: bool
+    width: int
+    height: int
+    mpp: float
+    regions: list[list[list[float]]] = field(default_factory=list)
+    tumor_area_fraction: float = 0.0  # tumour area / tissue area
+    tissue_area_fraction: float = 0.0  # tissue area / slide area
+
+    def truth(self) -> dict[str, Any]:
+        return {
+            "slide_id": self.slide_id,
+            "case_id": self.case_id,
+            "path": self.path.name,
+            "tumor": self.tumor,
+            "width": self.width,
+            "height": self.height,
+            "mpp": self.mpp,
+            "tumor_area_fraction": self.tumor_area_fraction,
+            "tissue_area_fraction": self.tissue_area_fraction,
+            "regions": [{"shape": "polygon", "points": r} for r in self.regions],
+        }
+
+
+def synth_slide(
+    path: str | Path,
+    *,
+    size: tuple[int, int] = (2048, 2048),
+    mpp: float = 0.5,
+    seed: int = 0,
+    tumor: bool = True,
+    burden: float = 0.3,
+    n_regions: int | None = None,
+    downsamples: tuple[int, ...] | None = None,
+    jpeg_quality: int = 85,
+    slide_id: str | None = None,
+    case_id: str | None = None,
+) -> SynthSlide:
+    """Write one synthetic slide. size is (width, height) level-0 px.
+
+    downsamples default: 1, 4, 16, ... (at most 4 levels) while a level is at least 128 px on
+    its long side, so 2048 px gives 3 levels and 60000 px gives 4. Large sizes stream: e.g.
+    `synth_slide(p, size=(60000, 60000), mpp=0.25)` for a benchmark.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 16 or height < 16:
+        raise ValueError(f"slide too small: {width}x{height}")
+    if downsamples is None:
+        downsamples = (1,)
+        while max(width, height) / (downsamples[-1] * 4) >= 128 and len(downsamples) < 4:
+            downsamples += (downsamples[-1] * 4,)
+    model = make_slide_model(width, height, mpp, seed, tumor, burden, n_regions)
+    path = Path(path)
+    write_slide_tiff(path, model, downsamples=tuple(downsamples), jpeg_quality=jpeg_quality)
+    step = max(1.0, max(width, height) / 1024.0)
+    tissue, tum = model.lowres_masks(step)
+    slide_id = slide_id or path.name.split(".")[0]
+    return SynthSlide(
+        slide_id=slide_id,
+        case_id=case_id or slide_id[:12],
+        path=path,
+        tumor=bool(tumor),
+        width=width,
+        height=height,
+        mpp=float(mpp),
+        regions=[r.tolist() for r in model.regions],
+        tumor_area_fraction=float(tum.sum() / max(1, tissue.sum())),
+        tissue_area_fraction=float(tissue.mean()),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# a cohort
+# ----------------------------------------------------------------------------------------
+@dataclass
+class SynthCohort:
+    """Files written by `synth_cohort` (all under out_dir)."""
+
+    out_dir: Path
+    slides: list[SynthSlide]
+    manifest: Path
+    labels: Path
+    foldchanges: Path
+    truth_path: Path
+    case_burden: dict[str, float]
+
+    def truth(self) -> dict[str, Any]:
+        return json.loads(self.truth_path.read_text())
+
+    @property
+    def tumor_slides(self) -> list[SynthSlide]:
+        return [s for s in self.slides if s.tumor]
+
+
+def slide_barcode(case: int, tumor: bool, dx: int, project: str = "SY") -> str:
+    """TCGA-style slide barcode: TCGA-SY-0001-01Z-00-DX1 (01 = primary tumour, 11 = normal)."""
+    return f"TCGA-{project}-{case:04d}-{'01' if tumor else '11'}Z-00-DX{dx}"
+
+
+def synth_cohort(
+    out_dir: str | Path,
+    n_slides: int = 20,
+    seed: int = 0,
+    size: tuple[int, int] = (2048, 2048),
+    mpp: float = 0.5,
+    slides_per_case: int = 2,
+    burden_range: tuple[float, float] = (0.1, 0.5),
+    jpeg_quality: int = 85,
+) -> SynthCohort:
+    """Write a synthetic cohort of `n_slides` slides under out_dir.
+
+    Cases get `slides_per_case` slides, alternating tumour (sample type 01) and normal (11),
+    so with 2 per case half the slides are tumour. Each case draws a tumour burden in
+    burden_range: the fraction of its tumour slides' tissue covered by planted regions.
+    foldchanges.csv: per case and gene, log2FC = base + slope * (measured burden - 0.3) + noise
+    (see GENES), p_adj from a normal approximation, BH-adjusted within the case.
+    """
+    if n_slides < 1:
+        raise ValueError("n_slides must be >= 1")
+    if slides_per_case < 1:
+        raise ValueError("slides_per_case must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(root.spawn(1)[0])
+    n_cases = math.ceil(n_slides / slides_per_case)
+    burdens = rng.uniform(*burden_range, n_cases)
+    slide_seeds = root.generate_state(n_slides + 1, dtype=np.uint32)[1:]
+
+    slides: list[SynthSlide] = []
+    for i in range(n_slides):
+        case, k = divmod(i, slides_per_case)
+        tumor = k % 2 == 0
+        sid = slide_barcode(case + 1, tumor, k // 2 + 1)
+        slides.append(
+            synth_slide(
+                out / f"{sid}.tiff",
+                size=size,
+                mpp=mpp,
+                seed=int(slide_seeds[i]),
+                tumor=tumor,
+                burden=float(burdens[case]),
+                jpeg_quality=jpeg_quality,
+                slide_id=sid,
+            )
+        )
+
+    # measured burden per case: mean tumour fraction of its tumour slides
+    case_ids = sorted({s.case_id for s in slides})
+    case_burden = {
+        c: float(np.mean([s.tumor_area_fraction for s in slides if s.case_id == c and s.tumor] or [0.0]))
+        for c in case_ids
+    }
+
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "slide_id", "case_id"])
+        for s in slides:
+            w.writerow([s.path.name, s.slide_id, s.case_id])
+    labels = out / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide_id", "tumor"])
+        for s in slides:
+            w.writerow([s.slide_id, "tumor" if s.tumor else "normal"])
+
+    gene_rng = np.random.default_rng(root.spawn(2)[1])
+    base = {g: float(gene_rng.normal(0, 0.3)) for g, _, _ in GENES}
+    foldchanges = out / "foldchanges.csv"
+    with foldchanges.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "gene", "log2_fold_change", "p_adj"])
+        for c in case_ids:
+            lfc = np.array(
+                [
+                    base[g] + slope * (case_burden[c] - 0.3) + gene_rng.normal(0, _NOISE_SD[s])
+                    for g, s, slope in GENES
+                ]
+            )
+            p = np.array([math.erfc(abs(v) / 0.5 / math.sqrt(2)) for v in lfc])
+            p_adj = _bh_adjust(p)
+            for (g, _, _), v, q in zip(GENES, lfc, p_adj):
+                w.writerow([c, g, f"{v:.4f}", f"{q:.4g}"])
+
+    truth = {
+        "seed": seed,
+        "mpp": mpp,
+        "size": list(size),
+        "genes": {g: {"strength": s, "slope": slope} for g, s, slope in GENES},
+        "cases": {c: {"burden": case_burden[c]} for c in case_ids},
+        "slides": {s.slide_id: s.truth() for s in slides},
+    }
+    truth_path = out / "truth.json"
+    truth_path.write_text(json.dumps(truth, indent=1))
+    return SynthCohort(out, slides, manifest, labels, foldchanges, truth_path, case_burden)
+
+
+def _bh_adjust(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values."""
+    n = p.size
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    adj = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.clip(adj, 0, 1)
+    return out
+
+
+def tumor_fraction_of_tiles(truth: dict[str, Any] | SynthSlide, x, y, size_l0) -> np.ndarray:
+    """Fraction of each tile [x, x+size_l0)^2 (level-0 px) inside the slide's planted regions.
+
+    truth: one slide's entry of truth.json (truth["slides"][slide_id]) or a SynthSlide.
+    Returns float64 (n,); all zeros for a normal slide.
+    """
+    import cv2
+
+    from histstore.wsi.tiling import mask_fraction
+
+    t = truth.truth() if isinstance(truth, SynthSlide) else truth
+    x = np.asarray(x, np.float64).reshape(-1)
+    y = np.asarray(y, np.float64).reshape(-1)
+    regions = [np.asarray(r["points"], np.float64) for r in t.get("regions", [])]
+    if not regions:
+        return np.zeros(x.size)
+    W, H = int(t["width"]), int(t["height"])
+    step = max(1.0, max(W, H) / 2048.0)
+    mw, mh = math.ceil(W / step), math.ceil(H / step)
+    mask = np.zeros((mh, mw), np.uint8)
+    for p in regions:
+        # pixel (r, c) covers [c*step, (c+1)*step): its centre is (c + 0.5) * step
+        cv2.fillPoly(mask, [np.round((p / step - 0.5) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return mask_fraction(mask, (step, step), x, y, size_l0, size_l0)
