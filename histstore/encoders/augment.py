@@ -139,9 +139,10 @@ class BatchAugment:
             for j, op in enumerate(ops):
                 if not active[j]:
                     continue
-                idx = _where(apply & (order[:, p] == j), x.device)
+                sel = apply & (order[:, p] == j)
+                idx = _where(sel, x.device)
                 if idx.numel():
-                    f = factors[j][idx.cpu()].to(x.device, x.dtype).view(-1, 1, 1, 1)
+                    f = factors[j][sel].to(x.device, x.dtype).view(-1, 1, 1, 1)
                     x[idx] = op(x[idx], f)
         return x
 
@@ -152,7 +153,7 @@ class BatchAugment:
         idx = _where(apply, x.device)
         if not idx.numel():
             return x
-        sig = sigma[idx.cpu()].to(x.device, x.dtype)
+        sig = sigma[apply].to(x.device, x.dtype)
         n, (h, w) = idx.numel(), x.shape[2:]
         radius = min(math.ceil(3 * hi), (min(h, w) - 1) // 2)
         t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -165,24 +166,33 @@ class BatchAugment:
         return x
 
 
+def tiles_to_float(tiles: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 tiles [B, H, W, 3] -> float [B, 3, H, W] in [0, 1] (moved to `device` as uint8
+    first: 4x less to transfer than float)."""
+    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+        raise ValueError(f"expected uint8 tiles [B, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
+    if device is not None:
+        tiles = tiles.to(device, non_blocking=True)
+    return tiles.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def augmented_view(
+    x: torch.Tensor, augment: BatchAugment, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """float [B, 3, H, W] in [0, 1] -> one augmented, ImageNet-normalised channels_last view."""
+    return normalize(augment(x, generator)).contiguous(memory_format=torch.channels_last)
+
+
 def two_views(
     tiles: torch.Tensor,
     augment: BatchAugment,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 tiles [B, H, W, 3] -> two augmented, ImageNet-normalised, channels_last views
-    [B, 3, S, S]. The uint8 batch is moved to `device` first (less to transfer)."""
-    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
-        raise ValueError(f"expected uint8 tiles [B, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
-    if device is not None:
-        tiles = tiles.to(device, non_blocking=True)
-    x = tiles.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-    views = []
-    for _ in range(2):
-        v = normalize(augment(x, generator))
-        views.append(v.contiguous(memory_format=torch.channels_last))
-    return views[0], views[1]
+    """uint8 tiles [B, H, W, 3] -> two independently augmented, ImageNet-normalised,
+    channels_last views [B, 3, S, S] on `device`."""
+    x = tiles_to_float(tiles, device)
+    return augmented_view(x, augment, generator), augmented_view(x, augment, generator)
 
 
 # -- vectorised colour ops (torchvision formulas, per-sample factor f: [n, 1, 1, 1]) ----------
@@ -245,4 +255,5 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.T
 
 
 def _where(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Indices of a CPU mask, on `device` (computed on the CPU: no device-to-host sync)."""
     return torch.nonzero(mask).flatten().to(device)

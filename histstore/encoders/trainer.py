@@ -1,0 +1,364 @@
+"""The pretraining loop for AdCo / SimCLR models: a library function, no catalog access.
+
+`pretrain_loop` runs the bank-initialisation pass (AdCo, fresh runs only), then SGD steps
+(momentum 0.9, wd 1e-4, cosine schedule per step) on two augmented views of each batch, with
+mixed precision where it helps, periodic and final checkpoints, and exact resume: a resumed run
+restores model / EMA / bank / optimizer / schedule / RNG state and the data position, and sets
+the same learning rate an uninterrupted run would at that step.
+
+Data comes from `batches(epoch, skip)`: a callable returning an iterable of uint8 tile batches
+[B, H, W, 3] (torch tensors) for `epoch`, starting after its first `skip` batches (a sampler
+can skip without reading pixels). The loop calls it again with epoch + 1 when it is exhausted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from histstore.encoders.augment import AugmentConfig, BatchAugment, augmented_view, tiles_to_float, two_views
+from histstore.encoders.checkpoint import as_dict, load_checkpoint, save_checkpoint
+from histstore.encoders.schedule import CosineSchedule
+from histstore.errors import HiststoreError, InvalidInput
+
+BatchFactory = Callable[[int, int], Iterable[torch.Tensor]]
+
+# train-config fields that may change on resume (they do not change the optimisation)
+_RESUME_FREE = {"amp", "channels_last", "checkpoint_every", "bank_init_max_batches"}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Optimisation settings. Defaults are HistCode's (SGD lr 0.001 for batch 250, cosine,
+    momentum 0.9, wd 1e-4); short runs on small data usually want a larger lr."""
+
+    steps: int
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    final_lr: float = 0.0
+    amp: str = "auto"  # auto | off | bf16 | fp16 (fp16: CUDA only, with a GradScaler)
+    channels_last: bool = True
+    checkpoint_every: int = 1000
+    bank_init_max_batches: int | None = None  # None: until the bank is full
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+        if not self.lr > 0 or self.final_lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("need lr > 0, final_lr >= 0, weight_decay >= 0, momentum in [0, 1)")
+        if self.warmup_steps < 0 or self.checkpoint_every <= 0:
+            raise ValueError("warmup_steps must be >= 0 and checkpoint_every > 0")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
+        if isinstance(self.augment, dict):  # rebuilt from a checkpoint
+            object.__setattr__(self, "augment", _rebuild(AugmentConfig, self.augment))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        return _rebuild(cls, d)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for `amp` on `device` (None = full fp32).
+
+    auto: CUDA -> bf16 if supported else fp16; CPU -> bf16 only when the CPU has native bf16
+    arithmetic (AVX512-BF16 / AMX), where it speeds ResNet convolutions up; else fp32.
+    """
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise InvalidInput("fp16 autocast needs a CUDA device; use amp=bf16 or off on CPU")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pretrain_loop(
+    model: torch.nn.Module,
+    batches: BatchFactory,
+    config: PretrainConfig,
+    device: str | torch.device = "auto",
+    checkpoint_path: str | os.PathLike = "pretrain.ckpt",
+    resume: bool = False,
+    log_every: int = 10,
+    on_log: Callable[[dict], None] | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> list[dict]:
+    """Pretrain `model` (AdCo or SimCLR) for `config.steps` steps; returns the logged records.
+
+    Each record: step, epoch, lr, img_per_s and the mean over the logging window of the model's
+    step metrics (loss, contrastive_acc, and for AdCo bank_loss, bank_grad_norm, pos_sim,
+    bank_sim_max). `on_log(record)` is called for each record (console, catalog...).
+    Checkpoints: every `config.checkpoint_every` steps and at the end, to `checkpoint_path`
+    (atomic replace). An existing checkpoint is never overwritten unless `resume`.
+    Ctrl-C (KeyboardInterrupt) finishes the current step, saves a checkpoint, then re-raises.
+    The loss becoming non-finite raises HiststoreError (no checkpoint of the broken state).
+    Seeds torch's global RNG with `config.seed` (the augmentations use their own generator);
+    both RNG states are checkpointed, so a resumed run draws what the uninterrupted run would.
+    """
+    device = resolve_device(device)
+    checkpoint_path = os.fspath(checkpoint_path)
+    amp_dtype = resolve_amp(config.amp, device)
+    if log_every <= 0:
+        raise ValueError("log_every must be > 0")
+    if resume and not os.path.isfile(checkpoint_path):
+        raise InvalidInput(f"no checkpoint to resume at {checkpoint_path}", hint="run without --resume")
+    if not resume and os.path.exists(checkpoint_path):
+        raise InvalidInput(
+            f"checkpoint {checkpoint_path} already exists", hint="resume it, or choose another output"
+        )
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed + 1)  # augmentation randomness (CPU)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.encoder_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    schedule = CosineSchedule(optimizer, config.lr, config.steps, config.warmup_steps, config.final_lr)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    augment = BatchAugment(config.augment)
+    state = {"step": 0, "epoch": 0, "skip": 0}
+
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path)
+        _check_resumable(ckpt, model, config, checkpoint_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng(ckpt.get("rng"), gen, device)
+        extra = ckpt.get("extra") or {}
+        state = {"step": int(ckpt["step"]), "epoch": int(extra.get("epoch", 0)), "skip": int(extra.get("skip", 0))}
+
+    def save() -> None:
+        save_checkpoint(
+            checkpoint_path, model, train_config=config, optimizer=optimizer, scheduler=schedule,
+            scaler=scaler, step=state["step"], rng=_get_rng(gen, device),
+            extra={"epoch": state["epoch"], "skip": state["skip"]},
+        )
+
+    model.train()
+    if not resume and hasattr(model, "init_bank_step"):
+        _init_bank(model, batches, augment, device, gen, amp_dtype, config.bank_init_max_batches)
+
+    history: list[dict] = []
+    if state["step"] >= config.steps:
+        return history
+    bar = _progress_bar(progress, state["step"], config.steps)
+    window: dict[str, torch.Tensor] = {}
+    n_window, imgs, t0 = 0, 0, time.perf_counter()
+    data = iter(batches(state["epoch"], state["skip"]))
+    with _DeferredInterrupt() as interrupt:
+        try:
+            while state["step"] < config.steps:
+                tiles = _next_batch(data)
+                if tiles is None:  # epoch exhausted
+                    state["epoch"], state["skip"] = state["epoch"] + 1, 0
+                    data = iter(batches(state["epoch"], 0))
+                    tiles = _next_batch(data)
+                    if tiles is None:
+                        raise InvalidInput(f"no training batches in epoch {state['epoch']}")
+                lr = schedule.apply(state["step"])
+                x1, x2 = two_views(tiles, augment, device, gen)
+                out = model.training_step(x1, x2, optimizer, scaler=scaler, amp_dtype=amp_dtype)
+                state["step"] += 1
+                state["skip"] += 1
+                imgs += tiles.shape[0]
+                n_window += 1
+                for k, v in out.items():
+                    window[k] = window.get(k, 0) + v.float()
+                step = state["step"]
+                if step % log_every == 0 or step == config.steps:
+                    record = {"step": step, "epoch": state["epoch"], "lr": lr}
+                    record.update({k: float(v) / n_window for k, v in window.items()})
+                    record["img_per_s"] = imgs / max(time.perf_counter() - t0, 1e-9)
+                    if not math.isfinite(record["loss"]):
+                        raise HiststoreError(
+                            f"pretraining diverged: loss is {record['loss']} at step {step}",
+                            hint="lower the learning rate or resume from the last checkpoint",
+                        )
+                    history.append(record)
+                    if on_log is not None:
+                        on_log(record)
+                    window, n_window, imgs, t0 = {}, 0, 0, time.perf_counter()
+                if bar is not None:
+                    bar(step, config.steps)
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    save()
+                if interrupt.requested:
+                    save()
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if not interrupt.requested:  # raised mid-step: save what we have, then stop
+                save()
+            raise
+        finally:
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()
+    save()
+    return history
+
+
+# -- helpers -----------------------------------------------------------------------------------
+@torch.no_grad()
+def _init_bank(model, batches, augment, device, gen, amp_dtype, max_batches) -> int:
+    """Fill the AdCo bank with key embeddings of augmented tiles (passes over the data until
+    the bank is full or `max_batches` batches were used). Returns the number of batches."""
+    used, epoch = 0, 0
+    while not model.bank.is_full and (max_batches is None or used < max_batches):
+        got = 0
+        for tiles in batches(epoch, 0):
+            x = augmented_view(tiles_to_float(tiles, device), augment, gen)
+            model.init_bank_step(x, amp_dtype)
+            used, got = used + 1, got + 1
+            if model.bank.is_full or (max_batches is not None and used >= max_batches):
+                break
+        if got == 0:
+            raise InvalidInput("no batches to initialise the negative bank")
+        epoch += 1
+    return used
+
+
+def _next_batch(it):
+    try:
+        return next(it)
+    except StopIteration:
+        return None
+
+
+def _check_resumable(ckpt: dict, model, config: PretrainConfig, path: str) -> None:
+    if ckpt["method"] != model.method:
+        raise InvalidInput(f"{path} is a {ckpt['method']} checkpoint, not {model.method}")
+    saved_model, now_model = _normalise(ckpt["model_config"]), _normalise(as_dict(model.config))
+    if saved_model != now_model:
+        diff = _diff(saved_model, now_model)
+        raise InvalidInput(f"model settings differ from the checkpoint's: {diff}")
+    saved, now = dict(ckpt["train_config"] or {}), as_dict(config)
+    for k in _RESUME_FREE:
+        saved.pop(k, None)
+        now.pop(k, None)
+    if _normalise(saved) != _normalise(now):
+        raise InvalidInput(
+            f"training settings differ from the checkpoint's: {_diff(_normalise(saved), _normalise(now))}",
+            hint="resume with the checkpoint's settings",
+        )
+
+
+def _normalise(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _normalise(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_normalise(v) for v in d]
+    return d
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k} (saved {a.get(k)!r}, now {b.get(k)!r})" for k in keys)
+
+
+def _rebuild(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise InvalidInput(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _get_rng(gen: torch.Generator, device: torch.device) -> dict:
+    rng = {"torch": torch.get_rng_state(), "augment": gen.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng(rng: dict | None, gen: torch.Generator, device: torch.device) -> None:
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["augment"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def _progress_bar(progress, initial: int, total: int):
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="step", desc="pretrain")
+
+    class _Bar:
+        def __call__(self, step, total):
+            bar.update(step - bar.n)
+
+        def close(self):
+            bar.close()
+
+    return _Bar()
+
+
+class _DeferredInterrupt:
+    """In the main thread, turn the first SIGINT into a flag checked between steps (so the
+    checkpoint is taken at a step boundary); a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:
+                self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
