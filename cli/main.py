@@ -7,7 +7,7 @@ import click
 
 from histstore import __version__
 from histstore.cli.common import HiststoreGroup
-from histstore.cli import cohort_cmds, embed_cmds, ingest_cmds, label_cmds, store_cmds, train_cmds
+from histstore.cli import cohort_cmds, embed_cmds, ingest_cmds, label_cmds, pretrain_cmds, store_cmds, train_cmds
 
 
 @click.group(cls=HiststoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +27,7 @@ def main(store):
 for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql,
                 ingest_cmds.ingest, ingest_cmds.synth, label_cmds.labels, label_cmds.genes,
                 label_cmds.foldchanges, cohort_cmds.cohort, embed_cmds.embed, embed_cmds.embeddings,
-                embed_cmds.encoders, train_cmds.train, train_cmds.runs, train_cmds.compare):
+                embed_cmds.encoders, pretrain_cmds.pretrain, train_cmds.train, train_cmds.runs, train_cmds.compare):
     main.add_command(command)
 
 

@@ -143,12 +143,24 @@ def tile_loader(dataset: TileDataset, batch_size: int, workers: int, stain_norm:
                 drop_last: bool = False) -> torch.utils.data.DataLoader:
     gen = torch.Generator()
     gen.manual_seed(seed)
-    kwargs = {}
-    if workers > 0:
-        # spawn: never fork a process holding the DuckDB file and torch's thread pools
-        kwargs = dict(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4,
-                      worker_init_fn=_worker_init)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                        num_workers=workers, collate_fn=TileCollate(stain_norm),
                                        pin_memory=pin_memory, generator=gen, drop_last=drop_last,
-                                       **kwargs)
+                                       **worker_options(workers))
+
+
+def worker_options(workers: int, persistent: bool = True) -> dict:
+    """DataLoader options for `workers` tile-reading processes.
+
+    fork starts workers in milliseconds (spawn re-imports torch: seconds per worker). It is
+    safe here: workers never touch the inherited DuckDB connection, exit with os._exit (no
+    destructors run), and run torch single-threaded (_worker_init), so no OpenMP pool is used
+    after the fork.
+    """
+    if workers <= 0:
+        return {}
+    import multiprocessing as mp
+
+    ctx = "fork" if "fork" in mp.get_all_start_methods() else None
+    return dict(multiprocessing_context=ctx, persistent_workers=persistent, prefetch_factor=4,
+                worker_init_fn=_worker_init)

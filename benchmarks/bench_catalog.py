@@ -1,0 +1,130 @@
+"""The catalog at paper scale: ~30 million tile rows (HistCode: ~33M tiles) and one run's
+attention rows (every tile scored once in 5-fold CV). Measures bulk-insert rate, the time to
+list a cohort's bags (slides with their tile counts and embedding arrays), the time to get the
+top-10 attention tiles of every slide in SQL, and the catalog file size. The comparison is the
+same bulk insert done through SQLAlchemy executemany on a sample (rows/s), side by side.
+
+    python -m benchmarks.bench_catalog [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Row
+
+
+def run(quick: bool = False) -> list[dict]:
+    import sqlalchemy as sa
+
+    from histstore.catalog.bulk import insert_frame
+    from histstore.store import Store
+
+    n_slides = 1_000 if quick else 10_000
+    tiles_per_slide = 3_000  # 10,000 slides x 3,000 = 30M tiles
+    n_tiles = n_slides * tiles_per_slide
+    out: dict = {"n_slides": n_slides, "n_tiles": n_tiles}
+    with tempfile.TemporaryDirectory() as tmp:
+        store, _ = Store.init(Path(tmp) / "store")
+        slide_ids = [f"TCGA-XX-{i:04d}-01Z-00-DX1" for i in range(n_slides)]
+        with store.write() as conn:
+            insert_frame(conn, "cases", {"case_id": [s[:12] for s in slide_ids]})
+            insert_frame(conn, "slides", {"slide_id": slide_ids, "case_id": [s[:12] for s in slide_ids],
+                                          "status": ["ingested"] * n_slides})
+            insert_frame(conn, "cohorts", {"name": ["paper"]})
+            insert_frame(conn, "cohort_slides", {"cohort": ["paper"] * n_slides, "slide_id": slide_ids})
+            insert_frame(conn, "tilings", {
+                "slide_id": slide_ids, "kind": ["grid"] * n_slides, "settings_key": ["k"] * n_slides,
+                "settings": ["{}"] * n_slides, "tile_size": np.full(n_slides, 128, np.int32),
+                "overlap": np.zeros(n_slides, np.int32), "size_l0": np.full(n_slides, 256, np.int32),
+                "n_tiles": np.full(n_slides, tiles_per_slide)})
+            conn.exec_driver_sql("INSERT INTO runs (kind, cohort, settings, status) VALUES ('train', 'paper', '{}', 'finished')")
+        # tiles in chunks of 1,000 slides (as ingest would write them, in bulk)
+        t0 = time.perf_counter()
+        grid = np.arange(tiles_per_slide)
+        for start in range(0, n_slides, 1000):
+            ids = np.arange(start, min(start + 1000, n_slides))
+            with store.write() as conn:
+                insert_frame(conn, "tiles", {
+                    "tiling_id": np.repeat(ids + 1, tiles_per_slide),
+                    "slide_id": np.repeat(np.array(slide_ids, dtype=object)[ids], tiles_per_slide),
+                    "idx": np.tile(grid, len(ids)).astype(np.int32),
+                    "x": np.tile((grid % 60) * 256, len(ids)).astype(np.int64),
+                    "y": np.tile((grid // 60) * 256, len(ids)).astype(np.int64),
+                    "size_l0": np.full(len(ids) * tiles_per_slide, 256, np.int32),
+                    "tissue_fraction": np.ones(len(ids) * tiles_per_slide, np.float32)})
+        out["tile_insert_seconds"] = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        step = 5_000_000
+        for start in range(0, n_tiles, step):
+            n = min(step, n_tiles - start)
+            with store.write() as conn:
+                insert_frame(conn, "attention", {
+                    "run_id": np.ones(n, np.int64), "fold": (np.arange(start, start + n) // tiles_per_slide % 5).astype(np.int32),
+                    "tile_id": np.arange(start + 1, start + n + 1, dtype=np.int64),
+                    "score": rng.random(n, dtype=np.float32)})
+        out["attention_insert_seconds"] = time.perf_counter() - t0
+        # the comparison: SQLAlchemy executemany on a sample, same table, same transaction style
+        sample = 20_000
+        with store.write() as conn:
+            t0 = time.perf_counter()
+            conn.execute(sa.text("INSERT INTO attention (run_id, fold, tile_id, score) VALUES (1, 0, :t, :s)"),
+                         [{"t": int(i) + 1, "s": 0.5} for i in range(sample)])
+            out["executemany_rows_per_s"] = sample / (time.perf_counter() - t0)
+            conn.rollback()
+        with store.read() as conn:
+            t0 = time.perf_counter()
+            bags = conn.exec_driver_sql("""
+                SELECT cs.slide_id, s.case_id, t.tiling_id, t.n_tiles
+                FROM cohort_slides cs JOIN slides s USING (slide_id) JOIN tilings t USING (slide_id)
+                WHERE cs.cohort = 'paper' ORDER BY 1""").all()
+            out["list_bags_seconds"] = time.perf_counter() - t0
+            out["n_bags"] = len(bags)
+            t0 = time.perf_counter()
+            top = conn.exec_driver_sql("""
+                SELECT slide_id, tile_id, x, y, score FROM (
+                    SELECT t.slide_id, a.tile_id, t.x, t.y, a.score,
+                           row_number() OVER (PARTITION BY t.slide_id ORDER BY a.score DESC) AS r
+                    FROM attention a JOIN tiles t USING (tile_id) WHERE a.run_id = 1)
+                WHERE r <= 10""").all()
+            out["top10_all_slides_seconds"] = time.perf_counter() - t0
+            out["top10_rows"] = len(top)
+            t0 = time.perf_counter()
+            one = conn.exec_driver_sql(
+                "SELECT tile_id, score FROM tile_attention WHERE run_id = 1 AND slide_id = ? "
+                "AND rank_in_slide <= 10", (slide_ids[n_slides // 2],)).all()
+            out["top10_one_slide_seconds"] = time.perf_counter() - t0
+        out["catalog_mb"] = store.catalog_path.stat().st_size / 1e6
+    return [out]
+
+
+def rows(results: list[dict]) -> list[Row]:
+    r = results[0]
+    rate = r["n_tiles"] / r["attention_insert_seconds"]
+    return [
+        Row("catalog: bulk insert", f"{r['n_tiles']:,} attention rows at {rate:,.0f} rows/s "
+            f"(tiles: {r['n_tiles'] / r['tile_insert_seconds']:,.0f} rows/s)",
+            f"SQLAlchemy executemany {r['executemany_rows_per_s']:,.0f} rows/s",
+            rate / r["executemany_rows_per_s"], "bulk rate / executemany rate"),
+        Row("catalog: queries at paper scale",
+            f"list {r['n_bags']:,} bags {r['list_bags_seconds']:.2f} s; top-10 attention of every slide "
+            f"{r['top10_all_slides_seconds']:.1f} s; of one slide {r['top10_one_slide_seconds']:.2f} s",
+            f"catalog file {r['catalog_mb']:.0f} MB for {r['n_tiles']:,} tiles + as many attention rows",
+            r["top10_all_slides_seconds"] / max(r["top10_one_slide_seconds"], 1e-9),
+            "all-slides top-10 time / one-slide top-10 time"),
+    ]
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    res = run(p.parse_args().quick)
+    print(json.dumps(res, indent=1))
+    for row in rows(res):
+        print(row)

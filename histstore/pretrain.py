@@ -1,0 +1,225 @@
+"""`histstore pretrain`: self-supervised tile encoders (AdCo, or SimCLR for comparison) trained
+on a cohort's tiles, registered in the catalog for `histstore embed --encoder`.
+
+The run is a `runs` row of kind `pretrain` (every hyperparameter, seed, code version) whose
+metrics (loss, contrastive accuracy, bank statistics per logging window) are written as they
+come, so a collapsing run is visible in SQL while it trains. The training checkpoint (model,
+EMA key encoder, bank, optimizer, schedule, RNG) is saved periodically; `--resume` continues
+the newest unfinished run with the same cohort, method and architecture from its saved step.
+The frozen backbone is exported next to it and registered as the encoder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from histstore.cohorts import cohort_slide_ids
+from histstore.embed import choose_tiling
+from histstore.encoder_catalog import find_encoder, register_encoder
+from histstore.errors import EmptyCohort, InvalidInput, NotFound
+from histstore.progress import progress_bar
+from histstore.runs import create_run, end_run, write_metrics
+from histstore.store import Store, transaction
+
+METHODS = ("adco", "simclr")
+ARCHS = ("resnet18", "resnet50-layer3", "resnet50")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    cohort: str
+    method: str = "adco"
+    arch: str = "resnet18"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 64
+    bank_size: int | None = None      # AdCo; default about a fifth of the tiles (HistCode)
+    lr: float = 0.03
+    warmup_steps: int = 0
+    t: float = 0.12                   # AdCo encoder temperature (HistCode)
+    t_mem: float = 0.02               # AdCo bank temperature
+    lr_mem: float = 0.3               # AdCo bank learning rate (HistCode)
+    key_momentum: float = 0.999
+    temperature: float = 0.2          # SimCLR
+    symmetric: bool = False
+    stain_norm: str = "none"
+    tiling: str | None = None
+    weights: str | None = None        # initialise the backbone from a local weights file
+    device: str = "auto"
+    amp: str = "auto"
+    seed: int = 0
+    workers: int | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+    name: str | None = None
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInput(f"--method must be one of {', '.join(METHODS)}")
+        if self.arch not in ARCHS:
+            raise InvalidInput(f"--arch must be one of {', '.join(ARCHS)}")
+        if (self.steps is None) == (self.epochs is None):
+            raise InvalidInput("give exactly one of --steps or --epochs")
+        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
+            raise InvalidInput("--steps / --epochs must be positive")
+        if self.batch_size < 2:
+            raise InvalidInput("--batch-size must be >= 2 (contrastive learning needs in-batch pairs)")
+        if self.bank_size is not None and self.bank_size < 1:
+            raise InvalidInput("--bank-size must be >= 1")
+        if not self.lr > 0:
+            raise InvalidInput("--lr must be > 0")
+        if self.stain_norm not in ("none", "macenko"):
+            raise InvalidInput("--stain-norm must be none or macenko")
+
+
+@dataclass
+class PretrainReport:
+    run_id: int
+    encoder: str
+    steps: int
+    resumed_from: int
+    seconds: float
+    img_per_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _batches_factory(dataset, batch_size: int, workers: int, stain_norm: str, seed: int):
+    """(epoch, skip) -> iterable of uint8 [B, H, W, 3]: a fresh seeded shuffle per epoch,
+    skipping the batches an interrupted run already used (exact resume)."""
+    import torch
+
+    from histstore.embeddings.dataset import TileCollate, worker_options
+
+    def factory(epoch: int, skip: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
+        usable = (len(order) // batch_size) * batch_size
+        order = order[skip * batch_size:usable].tolist()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
+                                             collate_fn=TileCollate(stain_norm), drop_last=True,
+                                             num_workers=workers, **worker_options(workers, persistent=False))
+        return (tiles for tiles, _ in loader)
+
+    return factory
+
+
+def _build_model(s: PretrainSettings, n_tiles: int):
+    from histstore.encoders.adco import AdCo, AdCoConfig
+    from histstore.encoders.simclr import SimCLR, SimCLRConfig
+
+    if s.method == "adco":
+        bank = s.bank_size or int(np.clip(n_tiles // 5, 64, 65536))
+        cfg = AdCoConfig(arch=s.arch, bank_size=bank, t=s.t, t_mem=s.t_mem, lr_mem=s.lr_mem,
+                         key_momentum=s.key_momentum, symmetric=s.symmetric)
+        return AdCo(cfg, weights_path=s.weights), asdict(cfg)
+    cfg = SimCLRConfig(arch=s.arch, temperature=s.temperature)
+    return SimCLR(cfg, weights_path=s.weights), asdict(cfg)
+
+
+def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progress: bool = True) -> PretrainReport:
+    import torch
+
+    from histstore.embeddings.dataset import TileDataset, load_slide_tiles
+    from histstore.encoders.checkpoint import save_backbone, sha256_file
+    from histstore.encoders.trainer import PretrainConfig, pretrain_loop
+
+    s.validate()
+    t0 = time.perf_counter()
+    with store.writer() as conn:
+        slide_ids = cohort_slide_ids(conn, s.cohort)
+        ingested = {r[0] for r in conn.exec_driver_sql("SELECT slide_id FROM slides WHERE status = 'ingested'").all()}
+        slide_ids = [x for x in slide_ids if x in ingested]
+        if not slide_ids:
+            raise EmptyCohort(f"cohort {s.cohort!r} has no ingested slides", hint="run `histstore ingest` first")
+        key = choose_tiling(conn, slide_ids, s.tiling)
+        slides = load_slide_tiles(conn, slide_ids, key)
+        dataset = TileDataset(slides)
+        n_tiles = len(dataset)
+        if n_tiles < s.batch_size:
+            raise InvalidInput(f"cohort {s.cohort!r} has {n_tiles} tiles, fewer than one batch of {s.batch_size}")
+        steps = s.steps if s.steps is not None else max(1, int(s.epochs * (n_tiles // s.batch_size)))
+        torch.manual_seed(s.seed)  # the projection head's (and a random backbone's) init
+        model, model_cfg = _build_model(s, n_tiles)
+        train_cfg = PretrainConfig(steps=steps, lr=s.lr, warmup_steps=s.warmup_steps, amp=s.amp,
+                                   checkpoint_every=s.checkpoint_every, seed=s.seed)
+        settings = {**asdict(s), "steps": steps, "tiling_key": key, "n_tiles": n_tiles,
+                    "n_slides": len(slide_ids), "model_config": model_cfg,
+                    "train_config": asdict(train_cfg)}
+        if resume:
+            row = conn.exec_driver_sql(
+                "SELECT run_id FROM runs WHERE kind = 'pretrain' AND cohort = ? AND status <> 'finished' "
+                "AND json_extract_string(settings, '$.method') = ? AND json_extract_string(settings, '$.arch') = ? "
+                "ORDER BY run_id DESC LIMIT 1", (s.cohort, s.method, s.arch)).first()
+            if row is None:
+                raise NotFound(f"no unfinished {s.method} {s.arch} pretraining run on cohort {s.cohort!r} to resume",
+                               hint="run without --resume")
+            run_id = row[0]
+            with transaction(conn):
+                conn.exec_driver_sql("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (run_id,))
+        else:
+            if s.name and find_encoder(conn, s.name):
+                raise InvalidInput(f"encoder {s.name!r} already exists", hint="choose another --name")
+            with transaction(conn):
+                run_id = create_run(conn, kind="pretrain", settings=settings, seed=s.seed, cohort=s.cohort,
+                                    model=f"{s.method}-{s.arch}", name=s.name)
+        ckpt_rel = f"checkpoints/pretrain/run{run_id}.ckpt"
+        ckpt = store.resolve(ckpt_rel)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        resumed_from = 0
+        if resume:
+            from histstore.encoders.checkpoint import load_checkpoint
+
+            resumed_from = int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else 0
+        device = s.device
+        workers = s.workers if s.workers is not None else (0 if str(device) in ("cpu", "auto") and
+                                                           not torch.cuda.is_available() else 8)
+        batches = _batches_factory(dataset, s.batch_size, workers, s.stain_norm, s.seed)
+        bar = progress_bar(total=steps, desc=f"pretrain {s.method} {s.arch} (run {run_id})", unit="step",
+                           disable=not show_progress)
+        bar.update(resumed_from)
+
+        def on_log(rec: dict) -> None:
+            step = int(rec["step"])
+            rows = [{"name": k, "value": float(v), "step": step, "subset": "train"}
+                    for k, v in rec.items() if k not in ("step", "epoch")]
+            with transaction(conn):
+                write_metrics(conn, run_id, rows)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('contrastive_acc', float('nan')):.2f}",
+                            img_s=f"{rec['img_per_s']:.0f}", refresh=False)
+
+        def on_progress(step: int, total: int) -> None:
+            bar.n = step
+            bar.refresh() if show_progress else None
+
+        try:
+            history = pretrain_loop(model, batches, train_cfg, device=device, checkpoint_path=ckpt,
+                                    resume=resume and ckpt.is_file(), log_every=s.log_every, on_log=on_log,
+                                    progress=on_progress)
+        except KeyboardInterrupt:
+            with transaction(conn):
+                end_run(conn, run_id, "interrupted", "interrupted; `histstore pretrain --resume` continues it")
+            raise
+        except Exception as exc:
+            with transaction(conn):
+                end_run(conn, run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            bar.close()
+        backbone_rel = f"checkpoints/encoders/run{run_id}-{s.method}-{s.arch}.pt"
+        exported = save_backbone(ckpt, store.resolve(backbone_rel))
+        name = s.name or f"{s.method}-{s.arch}-run{run_id}"
+        with transaction(conn):
+            enc = register_encoder(conn, name=name, method=s.method, architecture=s.arch, dim=exported["dim"],
+                                   settings=settings, checkpoint_path=backbone_rel,
+                                   checkpoint_sha256=sha256_file(store.resolve(backbone_rel)),
+                                   pretrain_run_id=run_id)
+            # encoders.pretrain_run_id links the two; runs.encoder_id (an indexed foreign key)
+            # cannot be updated on a run that metrics already reference (DuckDB 2.0)
+            conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, description) VALUES "
+                                 "('pretrain-checkpoint', ?, ?, 'full training state (resume)')", (ckpt_rel, run_id))
+            end_run(conn, run_id, "finished")
+    speeds = [h["img_per_s"] for h in history if "img_per_s" in h]
+    return PretrainReport(run_id, name, steps, resumed_from, time.perf_counter() - t0,
+                          float(np.median(speeds)) if speeds else 0.0, history)
