@@ -29,7 +29,11 @@ class CliError(click.ClickException):
 
 
 class HiststoreGroup(click.Group):
-    """Turns library errors and Ctrl-C into one-line messages, never tracebacks."""
+    """Turns library errors and Ctrl-C into one-line messages, never tracebacks; lists
+    commands in the order they were added (the workflow's), not alphabetically."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
 
     def invoke(self, ctx):
         try:
