@@ -5,7 +5,7 @@ held-out cases, in one run. Also the pretraining throughput.
 
 A full-data linear probe saturates on this synthetic texture (AUC 1.000 for every encoder,
 measured), so two harder, standard probes are reported:
-- few-shot: logistic regression trained on k labelled tiles per class (k = 4) drawn from the
+- few-shot: logistic regression trained on k labelled tiles per class (k = 2) drawn from the
   training cases, AUC on the held-out cases, averaged over 40 draws (label efficiency);
 - stain shift: the full probe trained on the training cases as scanned, tested on the
   held-out cases' tiles with a random per-slide colour shift (another lab's staining).
@@ -55,8 +55,8 @@ def _stain_shift(px, slide_of, seed=0):
     out = px.astype(np.float32)
     for s in np.unique(slide_of):
         m = slide_of == s
-        gain = rng.uniform(0.8, 1.2, 3)
-        bias = rng.uniform(-20, 20, 3)
+        gain = rng.uniform(0.6, 1.4, 3)
+        bias = rng.uniform(-40, 40, 3)
         out[m] = out[m] * gain + bias
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -83,7 +83,7 @@ def _probe(X_tr, y_tr, X_te, y_te):
     return float(roc_auc_score(y_te, clf.predict_proba(sc.transform(X_te))[:, 1]))
 
 
-def _few_shot(X, y, train, test, k=4, draws=40, seed=0):
+def _few_shot(X, y, train, test, k=2, draws=60, seed=0):
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(train & (y == 1)), np.flatnonzero(train & (y == 0))
     aucs = []
@@ -140,19 +140,19 @@ def run(quick: bool = False, steps: int | None = None) -> list[dict]:
 def rows(results: list[dict]) -> list[Row]:
     r = results[0]
 
-    def err_ratio(key):
-        return (1 - r[f"random_{key}"]) / max(1 - r[f"adco_{key}"], 1e-4)
+    def auc_ratio(key):
+        return r[f"adco_{key}"] / r[f"random_{key}"]
 
     return [
-        Row("pretrain: few-shot probe (4 tiles/class)",
+        Row("pretrain: few-shot probe (2 tiles/class)",
             f"AdCo {r['steps']} steps: AUC {r['adco_fewshot_auc']:.3f} (SimCLR {r['simclr_fewshot_auc']:.3f})",
-            f"random-init ResNet-18: AUC {r['random_fewshot_auc']:.3f}", err_ratio("fewshot_auc"),
-            "random-init error / AdCo error (1 - AUC); > 1: AdCo separates better"),
+            f"random-init ResNet-18: AUC {r['random_fewshot_auc']:.3f}", auc_ratio("fewshot_auc"),
+            "AdCo AUC / random-init AUC; > 1: AdCo separates better"),
         Row("pretrain: probe under stain shift",
             f"AdCo AUC {r['adco_shift_auc']:.3f} (SimCLR {r['simclr_shift_auc']:.3f}); full probe, no shift: "
             f"AdCo {r['adco_full_auc']:.3f}, random {r['random_full_auc']:.3f}",
             f"random-init ResNet-18: AUC {r['random_shift_auc']:.3f} ({r['n_test_tiles']} held-out tiles)",
-            err_ratio("shift_auc"), "random-init error / AdCo error (1 - AUC); > 1: AdCo separates better"),
+            auc_ratio("shift_auc"), "AdCo AUC / random-init AUC; > 1: AdCo separates better"),
         Row("pretrain: throughput", f"AdCo {r['adco_img_per_s']:.0f} img/s (64 px, batch 64, CPU)",
             f"SimCLR {r['simclr_img_per_s']:.0f} img/s", r["adco_img_per_s"] / r["simclr_img_per_s"],
             "AdCo / SimCLR training speed"),
