@@ -7,7 +7,8 @@ import click
 
 from histstore import __version__
 from histstore.cli.common import HiststoreGroup
-from histstore.cli import cohort_cmds, embed_cmds, ingest_cmds, label_cmds, pretrain_cmds, store_cmds, train_cmds
+from histstore.cli import (cohort_cmds, demo_cmds, embed_cmds, ingest_cmds, interop_cmds, label_cmds, pretrain_cmds,
+                           report_cmds, store_cmds, train_cmds)
 
 
 @click.group(cls=HiststoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,10 +25,13 @@ def main(store):
     """
 
 
+# in the order of the workflow (also the order of docs/cli.md)
 for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql,
-                ingest_cmds.ingest, ingest_cmds.synth, label_cmds.labels, label_cmds.genes,
-                label_cmds.foldchanges, cohort_cmds.cohort, embed_cmds.embed, embed_cmds.embeddings,
-                embed_cmds.encoders, pretrain_cmds.pretrain, train_cmds.train, train_cmds.runs, train_cmds.compare):
+                ingest_cmds.synth, ingest_cmds.ingest, label_cmds.labels, label_cmds.genes,
+                label_cmds.foldchanges, cohort_cmds.cohort, pretrain_cmds.pretrain, embed_cmds.encoders,
+                embed_cmds.embed, embed_cmds.embeddings, train_cmds.train, train_cmds.runs, train_cmds.compare,
+                report_cmds.heatmap, report_cmds.report,
+                interop_cmds.features, interop_cmds.export, demo_cmds.demo):
     main.add_command(command)
 
 

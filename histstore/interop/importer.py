@@ -1,0 +1,483 @@
+"""`histstore features import`: tile features made elsewhere -> an embedding set of kind
+`imported`, with tiles matched to the slide's existing tiling or a new `imported` tiling.
+
+Per file (one slide): read and check the arrays (pure, `formats` + `checks`), work out the
+tile size in level-0 pixels, align rows to a tiling, write the zarr array under a temporary
+name and move it into place, then register - slide (with --register-slides), tiling + tiles
+(when new), the array row and cohort membership - in ONE transaction. A bad file is reported
+in one line and the others are imported; nothing is left half-registered. Re-running skips
+slides whose array is already registered in the set.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from histstore.catalog.bulk import insert_frame, query_numpy
+from histstore.cohorts import add_to_cohort, check_cohort_name
+from histstore.embeddings import arrays
+from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
+                                       register_array, resolve_set, set_status)
+from histstore.errors import InvalidInput
+from histstore.interop import checks, formats
+from histstore.interop.formats import FileProblem
+from histstore.keys import settings_key
+from histstore.progress import progress_bar
+from histstore.sources import default_case_id
+from histstore.store import Store, transaction
+
+DTYPES = ("auto", "float16", "float32")
+_BLOCK_ROWS = arrays.DEFAULT_CHUNK_ROWS
+
+
+@dataclass
+class FileOutcome:
+    file: str
+    slide_id: str
+    status: str                      # imported | skipped | failed
+    n_rows: int = 0
+    tiling_id: int | None = None
+    tiling: str | None = None        # 'matched <kind> tiling' | 'new imported tiling'
+    message: str | None = None       # the problem (failed) or a note (imported)
+
+    def line(self) -> str:
+        if self.status == "failed":
+            return f"{self.file}: {self.message}"
+        if self.status == "skipped":
+            return f"{self.file}: {self.slide_id} already in the set, skipped"
+        text = f"{self.file}: {self.slide_id} {self.n_rows} rows -> {self.tiling} {self.tiling_id}"
+        return text + (f" ({self.message})" if self.message else "")
+
+
+@dataclass
+class ImportReport:
+    embedding_set: str | None
+    embedding_set_id: int | None
+    created: bool
+    source_format: str
+    dim: int | None
+    dtype: str | None
+    cohort: str
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    registered_slides: list[str] = field(default_factory=list)
+    ignored_files: int = 0           # files in the folder that the mapping does not name
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failures(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def n_rows(self) -> int:
+        return sum(o.n_rows for o in self.outcomes if o.status == "imported")
+
+    def summary(self) -> str:
+        text = (f"embedding set {self.embedding_set} ({'created' if self.created else 'reused'}, "
+                f"{self.source_format}, dim {self.dim}, {self.dtype}): {self.count('imported')} files imported "
+                f"({self.n_rows:,} rows), {self.count('skipped')} already there, {self.count('failed')} failed")
+        if self.registered_slides:
+            text += f"; {len(self.registered_slides)} slides registered without pixels"
+        return text
+
+
+@dataclass
+class _Planned:
+    path: Path
+    slide_id: str
+
+
+# -- planning (validated whole before anything is written) ---------------------------------------
+
+def _plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[_Planned], int]:
+    from histstore.tabular import read_table, refuse_rows
+
+    files = formats.list_feature_files(directory, fmt)
+    if mapping is None:
+        if not files:
+            raise InvalidInput(f"no .{fmt} feature files in {directory}")
+        planned = [_Planned(p, formats.file_stem(p)) for p in files]
+        ignored = 0
+    else:
+        df = read_table(mapping, required=["file", "slide_id"], what="mapping file")
+        by_name = {p.name: p for p in files}
+        by_stem = {formats.file_stem(p): p for p in files}
+
+        def find(name: str) -> Path | None:
+            if name in by_name:
+                return by_name[name]
+            if name in by_stem:
+                return by_stem[name]
+            p = Path(name) if Path(name).is_absolute() else directory / name
+            return p if p.is_file() else None
+
+        found = [find(f) for f in df["file"]]
+        refuse_rows(mapping, np.array([f is None for f in found]),
+                    f"name a file that is not a .{fmt} file in {directory}")
+        refuse_rows(mapping, df["slide_id"] == "", "have an empty slide_id")
+        refuse_rows(mapping, df["slide_id"].duplicated(keep=False).to_numpy(), "repeat a slide_id")
+        refuse_rows(mapping, pd.Series([str(f) for f in found]).duplicated(keep=False).to_numpy(),
+                    "repeat a file")
+        planned = [_Planned(p, s) for p, s in zip(found, df["slide_id"])]
+        ignored = len(set(files) - set(found))
+    seen: dict[str, Path] = {}
+    for p in planned:
+        if p.slide_id in seen:
+            raise InvalidInput(f"{seen[p.slide_id].name} and {p.path.name} are both slide {p.slide_id}",
+                               hint="give a --mapping CSV (file,slide_id) or remove one")
+        seen[p.slide_id] = p.path
+    return planned, ignored
+
+
+def _known_slides(conn: sa.Connection) -> dict[str, dict]:
+    rows = conn.exec_driver_sql("SELECT slide_id, width, height, path, mpp, status FROM slides").all()
+    return {r[0]: {"width": r[1], "height": r[2], "path": r[3], "mpp": r[4], "status": r[5]} for r in rows}
+
+
+def _resolve_ids(planned: list[_Planned], known: dict, mapped: bool) -> None:
+    """Exported files are named by `arrays.slide_key` (percent-quoting): map such stems back."""
+    if mapped:
+        return
+    for p in planned:
+        if p.slide_id not in known and unquote(p.slide_id) in known:
+            p.slide_id = unquote(p.slide_id)
+
+
+# -- per slide --------------------------------------------------------------------------------
+
+def _level_downsamples(store: Store, slide: dict | None) -> tuple[float, ...] | None:
+    if not slide or not slide.get("path"):
+        return None
+    from histstore.errors import HiststoreError
+    from histstore.wsi.reader import open_slide
+
+    try:
+        with open_slide(store.resolve(slide["path"])) as r:
+            return tuple(r.level_downsamples)
+    except HiststoreError:
+        return None
+
+
+def _match_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, size_l0: int):
+    """(tiling_id, kind, order, None) of an existing tiling of this tile size with exactly these
+    corners (grid tilings first), else (None, None, None, note on the closest miss or None)."""
+    cands = conn.exec_driver_sql(
+        "SELECT tiling_id, kind, n_tiles FROM tilings WHERE slide_id = ? AND size_l0 = ? "
+        "ORDER BY kind = 'grid' DESC, tiling_id", (slide_id, int(size_l0))).all()
+    best = None
+    for tiling_id, kind, n_tiles in cands:
+        t = query_numpy(conn, "SELECT idx, x, y FROM tiles WHERE tiling_id = $1", [tiling_id])
+        order, n_matched = checks.align_to_tiles(xy, t["idx"], t["x"], t["y"])
+        if order is not None:
+            return tiling_id, kind, order, None
+        if best is None or n_matched > best[1]:
+            best = (tiling_id, n_matched, len(t["idx"]))
+    note = None
+    if best is not None and best[1]:
+        note = (f"{best[1]} of {len(xy)} corners are tiles of tiling {best[0]} ({best[2]} tiles): "
+                "not the same set, so a new imported tiling")
+    return None, None, None, note
+
+
+def _insert_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, geom: checks.PatchGeometry,
+                   fmt: str, ff: formats.FeatureFile, mpp: float | None) -> int:
+    defining = {"kind": "imported", "patch_size": geom.patch_size, "patch_level": geom.patch_level,
+                "size_l0": geom.size_l0, "coords": checks.coords_digest(xy)}
+    key = settings_key(defining)
+    settings = {**defining, "source_format": fmt, "source_file": str(ff.path),
+                "coords_file": str(ff.coords_path) if ff.coords_path else None,
+                "size_l0_from": geom.source, "size_l0_exact": geom.exact, "attributes": ff.attrs}
+    target_mpp = (round(mpp * geom.size_l0 / geom.patch_size, 6)
+                  if mpp and geom.exact and geom.patch_size else None)
+    try:
+        overlap = int(float(ff.attrs.get("overlap", 0) or 0))
+    except (TypeError, ValueError):
+        overlap = 0
+    n = len(xy)
+    tiling_id = conn.exec_driver_sql(
+        "INSERT INTO tilings (slide_id, kind, settings_key, settings, target_mpp, tile_size, overlap, "
+        "read_level, read_size, size_l0, n_tiles) VALUES (?, 'imported', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING tiling_id",
+        (slide_id, key, json.dumps(settings, default=str), target_mpp, geom.patch_size, overlap,
+         geom.patch_level, geom.patch_size, geom.size_l0, n)).scalar()
+    insert_frame(conn, "tiles", {
+        "tiling_id": np.full(n, tiling_id, np.int64), "slide_id": [slide_id] * n,
+        "idx": np.arange(n, dtype=np.int32), "x": xy[:, 0].astype(np.int64),
+        "y": xy[:, 1].astype(np.int64), "size_l0": np.full(n, geom.size_l0, np.int32)})
+    return tiling_id
+
+
+def _register_slide(conn: sa.Connection, slide_id: str) -> None:
+    case_id = default_case_id(slide_id)
+    conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES (?) ON CONFLICT DO NOTHING", (case_id,))
+    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status) VALUES (?, ?, NULL, 'registered')",
+                         (slide_id, case_id))
+
+
+def _write(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str) -> str:
+    arrays.clear_partials(set_dir, slide_id)
+    with arrays.ArrayWriter(set_dir, slide_id, data.shape[0], data.shape[1], dtype) as w:
+        for start in range(0, data.shape[0], _BLOCK_ROWS):
+            w.write(data[start:start + _BLOCK_ROWS])
+        return w.commit()
+
+
+def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item: _Planned,
+                slide: dict | None, fmt: str, coords_dir: Path | None, patch_size: int | None,
+                patch_level: int | None, cohort: str, report: ImportReport) -> tuple[FileOutcome, dict]:
+    name, sid = item.path.name, item.slide_id
+    ff = formats.read_feature_file(item.path, fmt, coords_dir)
+    width = slide["width"] if slide else None
+    height = slide["height"] if slide else None
+    xy = checks.check_arrays(ff.features, ff.coords, info.dim, width, height)
+    geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, None)
+    if not geom.exact:
+        ds = _level_downsamples(store, slide)
+        if ds is not None:
+            geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
+    tiling_id, kind, order, note = (None, None, None, None)
+    if slide is not None:
+        tiling_id, kind, order, note = _match_tiling(conn, sid, xy, geom.size_l0)
+    data = ff.features if order is None else ff.features[order]
+    data = np.asarray(data)
+    if np.dtype(info.dtype) != data.dtype:
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = data.astype(info.dtype)
+        if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+            raise FileProblem(f"values do not fit {info.dtype} (|x| > {np.finfo(info.dtype).max:g}); "
+                              "import into a float32 set (--dtype float32)")
+        data = cast
+    notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
+                         f"{geom.source}, size_l0 = {geom.size_l0}") if n]
+    set_dir = info.directory(store)
+    checksum = _write(set_dir, sid, data, info.dtype)
+    try:
+        with transaction(conn):
+            if slide is None:
+                _register_slide(conn, sid)
+                report.registered_slides.append(sid)
+            if tiling_id is None:
+                tiling_id = _insert_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
+                what = "new imported tiling"
+            else:
+                what = f"matched {kind} tiling"
+            register_array(conn, info, sid, tiling_id, data.shape[0], checksum)
+            add_to_cohort(conn, cohort, [sid])
+    except BaseException:
+        arrays.remove_array(set_dir, sid)  # the catalog never saw it: leave nothing behind
+        if slide is None and sid in report.registered_slides:
+            report.registered_slides.remove(sid)
+        raise
+    return FileOutcome(name, sid, "imported", int(data.shape[0]), int(tiling_id), what,
+                       "; ".join(notes) or None), ff.attrs
+
+
+# -- the job ----------------------------------------------------------------------------------
+
+def _existing_set(conn: sa.Connection, name: str) -> EmbeddingSetInfo | None:
+    n = conn.exec_driver_sql("SELECT count(*) FROM embedding_sets WHERE name = ?", (name,)).scalar()
+    return resolve_set(conn, name) if n else None
+
+
+def _probe_all(planned: list[_Planned], fmt: str) -> tuple[dict[str, formats.Probe], dict[str, str]]:
+    probes, problems = {}, {}
+    for item in planned:
+        try:
+            pr = formats.probe(item.path, fmt)
+            if pr is None:  # pt: read it (memory-mapped when the file allows)
+                pr = _probe_pt(item.path)
+            probes[item.slide_id] = pr
+        except FileProblem as exc:
+            problems[item.slide_id] = str(exc)
+    return probes, problems
+
+
+def _probe_pt(path: Path) -> formats.Probe:
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FileProblem(f"unreadable ({formats._one_line(exc)})") from None
+    if isinstance(obj, dict):
+        obj = obj.get("features")
+    if not isinstance(obj, torch.Tensor):
+        raise FileProblem("holds no tensor [N, D] (a tensor, or a dict with 'features')")
+    shape = formats._squeeze_shape(obj.shape)
+    if len(shape) != 2:
+        raise FileProblem(f"features must be [N, D], got shape {list(shape)}")
+    dtype = "float32" if obj.dtype == torch.bfloat16 else str(obj.dtype).replace("torch.", "")
+    return formats.Probe(int(shape[0]), int(shape[1]), dtype)
+
+
+def _choose_dim_dtype(planned, probes: dict[str, formats.Probe], dtype: str) -> tuple[int, str] | None:
+    ok = [probes[p.slide_id] for p in planned if p.slide_id in probes]
+    if not ok:
+        return None
+    counts = Counter(pr.dim for pr in ok)
+    top = max(counts.values())
+    dim = next(pr.dim for pr in ok if counts[pr.dim] == top)  # ties: the first file's
+    if dtype == "auto":
+        dtype = "float16" if all(pr.dtype == "float16" for pr in ok if pr.dim == dim) else "float32"
+    return dim, dtype
+
+
+def import_features(store: Store, directory: Path | str, *, name: str, cohort: str,
+                    fmt: str | None = None, patch_size: int | None = None,
+                    patch_level: int | None = None, mapping: Path | str | None = None,
+                    register_slides: bool = False, coords_dir: Path | str | None = None,
+                    dtype: str = "auto", show_progress: bool = True) -> ImportReport:
+    """Import one feature file per slide from `directory` into embedding set `name`.
+
+    Bad files are reported in `ImportReport.outcomes` (status 'failed', one-line message) and
+    do not stop the others. Raises InvalidInput for problems of the whole command (no files,
+    a bad mapping, slides not in the catalog without `register_slides`, a set name taken by a
+    set of other settings).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidInput(f"{directory} is not a folder")
+    if not name or not name.strip():
+        raise InvalidInput("--name must not be empty")
+    check_cohort_name(cohort)
+    if patch_size is not None and patch_size < 1:
+        raise InvalidInput(f"--patch-size must be >= 1, got {patch_size}")
+    if patch_level is not None and patch_level < 0:
+        raise InvalidInput(f"--patch-level must be >= 0, got {patch_level}")
+    if dtype not in DTYPES:
+        raise InvalidInput(f"--dtype must be one of {', '.join(DTYPES)}")
+    coords_dir = Path(coords_dir) if coords_dir is not None else None
+    if coords_dir is not None and not coords_dir.is_dir():
+        raise InvalidInput(f"--coords-dir {coords_dir} is not a folder")
+    if fmt is None:
+        fmt = formats.detect_format(directory)
+        if fmt is None:
+            raise InvalidInput(f"no feature files (.h5, .pt, .npy) in {directory}")
+        if fmt == "ambiguous":
+            raise InvalidInput(f"{directory} holds both .pt and .npy files", hint="pass --format pt or --format npy")
+    elif fmt not in formats.FORMATS:
+        raise InvalidInput(f"--format must be one of {', '.join(formats.FORMATS)}")
+    planned, ignored = _plan_files(directory, fmt, Path(mapping) if mapping else None)
+
+    with store.writer() as conn:
+        known = _known_slides(conn)
+        _resolve_ids(planned, known, mapping is not None)
+        unknown = [p.slide_id for p in planned if p.slide_id not in known]
+        if unknown and not register_slides:
+            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise InvalidInput(f"{len(unknown)} of {len(planned)} files name slides that are not in the "
+                               f"catalog: {shown}",
+                               hint="ingest them first, give a --mapping CSV, or pass --register-slides "
+                                    "to register them as slides without pixels")
+        existing = _existing_set(conn, name)
+        if existing is not None and existing.kind != "imported":
+            raise InvalidInput(f"embedding set {name!r} exists and is {existing.kind}, not imported",
+                               hint="choose another --name")
+        if existing is not None and (existing.settings or {}).get("source_format") != fmt:
+            raise InvalidInput(f"embedding set {name!r} was imported from "
+                               f"{(existing.settings or {}).get('source_format')} files, not {fmt}",
+                               hint="choose another --name")
+        if existing is not None and dtype != "auto" and dtype != existing.dtype:
+            raise InvalidInput(f"embedding set {name!r} holds {existing.dtype}, not {dtype}",
+                               hint="drop --dtype or choose another --name")
+        done = finished_slides(conn, existing.embedding_set_id) if existing else set()
+        conn.commit()
+        report = ImportReport(None, None, False, fmt, None, None, cohort, ignored_files=ignored)
+        pending = [p for p in planned if p.slide_id not in done]
+        skipped = [p for p in planned if p.slide_id in done]
+        report.outcomes += [FileOutcome(p.path.name, p.slide_id, "skipped") for p in skipped]
+
+        probes, problems = _probe_all(pending, fmt)
+        if existing is not None:
+            dim, set_dtype = existing.dim, existing.dtype
+        else:
+            chosen = _choose_dim_dtype(pending, probes, dtype)
+            dim, set_dtype = chosen if chosen else (None, None)
+        todo = []
+        for p in pending:
+            if p.slide_id in problems:
+                report.outcomes.append(FileOutcome(p.path.name, p.slide_id, "failed", message=problems[p.slide_id]))
+            elif probes[p.slide_id].dim != dim:
+                report.outcomes.append(FileOutcome(
+                    p.path.name, p.slide_id, "failed",
+                    message=f"feature dim {probes[p.slide_id].dim} differs from the set's dim {dim}"
+                            + ("" if existing else " (that of most files)")))
+            else:
+                todo.append(p)
+
+        info, created = existing, False
+        if todo:
+            attributes = {"source_dir": str(directory.resolve()), "source_format": fmt,
+                          "patch_size_option": patch_size, "patch_level_option": patch_level,
+                          "mapping": str(Path(mapping).resolve()) if mapping else None,
+                          "coords_dir": str(coords_dir.resolve()) if coords_dir else None}
+            with transaction(conn):
+                info, created = get_or_create_set(
+                    conn, name=name, kind="imported", dim=dim, dtype=set_dtype,
+                    settings={"kind": "imported", "name": name, "source_format": fmt},
+                    source_format=fmt, attributes=attributes)
+            info.directory(store).mkdir(parents=True, exist_ok=True)
+        if info is not None:
+            report.embedding_set, report.embedding_set_id = info.name, info.embedding_set_id
+            report.dim, report.dtype = info.dim, info.dtype
+        report.created = created
+
+        bar = progress_bar(total=len(todo), desc="import", unit="file", disable=not show_progress)
+        first_attrs = None
+        for item in todo:
+            try:
+                outcome, attrs = _import_one(store, conn, info, item, known.get(item.slide_id), fmt,
+                                             coords_dir, patch_size, patch_level, cohort, report)
+                if first_attrs is None:
+                    first_attrs = attrs
+            except FileProblem as exc:
+                outcome = FileOutcome(item.path.name, item.slide_id, "failed", message=str(exc))
+            report.outcomes.append(outcome)
+            bar.update(1)
+        bar.close()
+        report.outcomes.sort(key=lambda o: o.file)
+
+        with transaction(conn):
+            if skipped:
+                add_to_cohort(conn, cohort, [p.slide_id for p in skipped])
+            if info is not None:
+                n_arrays = len(finished_slides(conn, info.embedding_set_id))
+                if created and n_arrays == 0:  # every file failed: leave no empty set behind
+                    conn.exec_driver_sql("DELETE FROM embedding_sets WHERE embedding_set_id = ?",
+                                         (info.embedding_set_id,))
+                    _remove_empty_dir(info.directory(store))
+                    report.embedding_set = report.embedding_set_id = None
+                else:
+                    set_status(conn, info.embedding_set_id, "complete" if report.ok else "partial")
+                    if created and first_attrs is not None:
+                        conn.exec_driver_sql(
+                            "UPDATE embedding_sets SET attributes = ? WHERE embedding_set_id = ?",
+                            (json.dumps({**attributes, "file_attributes": first_attrs}, default=str),
+                             info.embedding_set_id))
+    return report
+
+
+def _remove_empty_dir(path: Path) -> None:
+    import shutil
+
+    try:
+        entries = [p for p in path.iterdir() if p.name != arrays.PARTIAL_DIR]
+    except OSError:
+        return
+    if not entries:
+        shutil.rmtree(path, ignore_errors=True)
