@@ -73,3 +73,8 @@ class SQLError(HiststoreError):
 
 class JobInterrupted(HiststoreError):
     exit_code = 130
+
+
+class NotTested(HiststoreError):
+    """A slide has no test results in a run (it was in train/val there, or its fold did not
+    finish); the message lists where it was tested, the hint how to pick a tested fold."""
