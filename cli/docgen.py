@@ -26,7 +26,8 @@ def render() -> str:
            "Generated from `--help` by `python -m histstore.cli.docgen > docs/cli.md`; a test keeps it current.",
            ""]
     for path, cmd in all_commands():
-        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                            help_option_names=["-h", "--help"])
         title = " ".join(path)
         out += [f"## `{title}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(out)
