@@ -21,7 +21,7 @@ from histstore.embed import choose_tiling
 from histstore.encoder_catalog import find_encoder, register_encoder
 from histstore.errors import EmptyCohort, InvalidInput, NotFound
 from histstore.progress import progress_bar
-from histstore.runs import create_run, end_run, write_metrics
+from histstore.runs import create_run, end_run, run_outcome, write_metrics
 from histstore.store import Store, transaction
 
 METHODS = ("adco", "simclr")
@@ -194,17 +194,10 @@ def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progr
             bar.refresh() if show_progress else None
 
         try:
-            history = pretrain_loop(model, batches, train_cfg, device=device, checkpoint_path=ckpt,
-                                    resume=resume and ckpt.is_file(), log_every=s.log_every, on_log=on_log,
-                                    progress=on_progress)
-        except KeyboardInterrupt:
-            with transaction(conn):
-                end_run(conn, run_id, "interrupted", "interrupted; `histstore pretrain --resume` continues it")
-            raise
-        except Exception as exc:
-            with transaction(conn):
-                end_run(conn, run_id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
+            with run_outcome(conn, run_id, "`histstore pretrain --resume` continues it"):
+                history = pretrain_loop(model, batches, train_cfg, device=device, checkpoint_path=ckpt,
+                                        resume=resume and ckpt.is_file(), log_every=s.log_every,
+                                        on_log=on_log, progress=on_progress)
         finally:
             bar.close()
         backbone_rel = f"checkpoints/encoders/run{run_id}-{s.method}-{s.arch}.pt"

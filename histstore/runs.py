@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,24 @@ def end_run(conn: sa.Connection, run_id: int, status: str, error: str | None = N
     conn.exec_driver_sql(
         "UPDATE runs SET status = ?, error = ?, finished_at = current_timestamp WHERE run_id = ?",
         (status, error, run_id))
+
+
+@contextmanager
+def run_outcome(conn: sa.Connection, run_id: int, resume_hint: str):
+    """Mark the run `interrupted` (Ctrl-C; with how to continue) or `failed` (any error, with
+    its message) if the block raises, then re-raise. Success is the caller's to record."""
+    from histstore.store import transaction
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        with transaction(conn):
+            end_run(conn, run_id, "interrupted", f"interrupted; {resume_hint}")
+        raise
+    except Exception as exc:
+        with transaction(conn):
+            end_run(conn, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def write_metrics(conn: sa.Connection, run_id: int, rows: list[dict]) -> None:

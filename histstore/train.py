@@ -25,7 +25,7 @@ from histstore.cohorts import cohort_slide_ids, require_cohort
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.progress import progress_bar
-from histstore.runs import create_run, end_run, require_run, write_metrics
+from histstore.runs import create_run, end_run, require_run, run_outcome, write_metrics
 from histstore.store import Store, transaction
 from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
 
@@ -276,25 +276,17 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
         bar.set_postfix(fold=rec.fold, train=f"{rec.train_loss:.3f}", val=f"{rec.val_loss:.3f}", refresh=False)
 
     try:
-        folds = run_cv([b.features for b in bags], p.targets, p.case_ids, config, n_folds=s.folds,
-                       seed=s.seed, device=device, splits=splits, skip_folds=done, progress_cb=on_epoch)
-        for result in folds:
+        with run_outcome(conn, run_id, f"`histstore train --resume {run_id}` continues it"):
+            folds = run_cv([b.features for b in bags], p.targets, p.case_ids, config, n_folds=s.folds,
+                           seed=s.seed, device=device, splits=splits, skip_folds=done, progress_cb=on_epoch)
+            for result in folds:
+                with transaction(conn):
+                    _write_fold(store, conn, run_id, p, bags, result)
+                # early-stopped folds leave epochs unused: keep the bar honest
+                bar.update(max(0, s.epochs - len(result.history)))
             with transaction(conn):
-                _write_fold(store, conn, run_id, p, bags, result)
-            # early-stopped folds leave epochs unused: keep the bar honest
-            bar.update(max(0, s.epochs - len(result.history)))
-        with transaction(conn):
-            end_run(conn, run_id, "finished")
-        report.status = "finished"
-    except KeyboardInterrupt:
-        with transaction(conn):
-            end_run(conn, run_id, "interrupted", "interrupted; `histstore train --resume "
-                                                 f"{run_id}` continues it")
-        raise
-    except Exception as exc:
-        with transaction(conn):
-            end_run(conn, run_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
+                end_run(conn, run_id, "finished")
+            report.status = "finished"
     finally:
         bar.close()
     report.summary = _summary(conn, run_id)
@@ -346,7 +338,7 @@ def _train_genes(store: Store, conn: sa.Connection, s: TrainSettings, show_progr
         parent = create_run(conn, kind="train", settings=s.to_dict() | {"genes": genes}, seed=s.seed,
                             cohort=s.cohort, task=f"{kind}:*", model=s.model)
     report = TrainReport(parent, f"{kind}:*", s.model, "running")
-    try:
+    with run_outcome(conn, parent, "train the remaining genes in a new run"):
         for spec in specs:
             try:
                 report.children.append(_run_single(store, conn, s, spec, parent_run_id=parent,
@@ -375,14 +367,6 @@ def _train_genes(store: Store, conn: sa.Connection, s: TrainSettings, show_progr
             end_run(conn, parent, "finished")
         report.status = "finished"
         report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
-    except KeyboardInterrupt:
-        with transaction(conn):
-            end_run(conn, parent, "interrupted", "interrupted")
-        raise
-    except Exception as exc:
-        with transaction(conn):
-            end_run(conn, parent, "failed", f"{type(exc).__name__}: {exc}")
-        raise
     return report
 
 
