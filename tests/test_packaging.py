@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_regular_install_works_and_claims_only_histstore(tmp_path):
     target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                         "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     top = {p.name for p in target.iterdir() if not p.name.endswith((".dist-info", "__pycache__")) and p.name != "bin"}
