@@ -29,7 +29,10 @@ def run(quick: bool = False, arch: str = "resnet18", batch_size: int = 64, stain
     from histstore.wsi.synth import synth_cohort
     from histstore.wsi.tiling import TilingSpec
 
-    n_slides = 4 if quick else 8
+    import histstore.embeddings.dataset  # noqa: F401  (imports are not the pipeline's cost:
+    import histstore.embeddings.stain  # noqa: F401   a real job embeds for minutes to hours)
+
+    n_slides = 4 if quick else 16
     with tempfile.TemporaryDirectory() as tmp:
         cohort = synth_cohort(Path(tmp) / "slides", n_slides=n_slides, seed=3)
         store, _ = Store.init(Path(tmp) / "store")

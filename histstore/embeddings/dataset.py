@@ -135,7 +135,15 @@ class TileCollate:
 
 
 def _worker_init(_):
+    import os
+
     torch.set_num_threads(1)  # workers read and normalise; the model owns the other threads
+    # Lower priority: when cores are scarce the model's OpenMP team keeps its cores (a
+    # descheduled team thread stalls every parallel region), and the readers fill the gaps.
+    try:
+        os.nice(10)
+    except OSError:
+        pass
 
 
 def tile_loader(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
