@@ -2,7 +2,7 @@
 
 Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
 tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-chunks; ~0.5 ms per chunk touched, stack-notes) and zstd-compressed.
+chunks; ~0.5 ms per chunk touched, stack-notes) and Blosc-lz4-compressed.
 
 Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> and moved to its
 final name only when complete (a directory rename, atomic on one filesystem); the catalog row
@@ -24,6 +24,11 @@ import zarr
 
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
+# Blosc lz4 with bit shuffle, measured on real float16 ResNet embeddings (demo store): 0.63 of
+# the raw size at 2.8 GB/s decode, against zstd-3 at 0.68 and 1.4 GB/s (byte shuffle + lz4 did
+# not compress them at all). The codec is recorded in each array's metadata, so arrays
+# written with another codec still read.
+COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 def slide_key(slide_id: str) -> str:
@@ -61,7 +66,7 @@ class ArrayWriter:
         self.array = zarr.create_array(
             store=zarr.storage.LocalStore(str(self.tmp)), shape=(self.n_rows, self.dim),
             chunks=(max(1, min(chunk_rows, self.n_rows)), self.dim), dtype=dtype,
-            compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0, zarr_format=3)
+            compressors=COMPRESSOR, fill_value=0, zarr_format=3)
 
     def write(self, block: np.ndarray) -> None:
         """Append the next rows (blocks must arrive in row order)."""
