@@ -63,6 +63,9 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
         click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")
         for c in r.children:
             click.echo(f"  run {c.run_id} {c.task}: {_fmt_summary(c.summary)}")
+        shown = {n for c in r.children for n in c.notes}
+        for n in sorted(shown):
+            click.echo(f"note: {n}", err=True)
         for n in r.notes:
             click.echo(f"  skipped {n}")
         if "spearman_metric_vs_mean_abs_log2fc" in r.summary:
@@ -70,6 +73,8 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
         return
     click.echo(f"run {r.run_id} ({r.task}, {r.model}, {r.n_bags} slides): {_fmt_summary(r.summary)} "
                f"[{r.seconds:.1f} s]")
+    for n in r.notes:
+        click.echo(f"note: {n}", err=True)
     if r.n_without_target or r.n_without_embedding:
         click.echo(f"left out: {r.n_without_target} slides without a {r.task} target, "
                    f"{r.n_without_embedding} without embeddings", err=True)

@@ -72,6 +72,7 @@ class Prepared:
     classes: list[str]
     n_without_target: int
     n_without_embedding: int
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,11 +139,22 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
             classes = present
         index = {c: i for i, c in enumerate(classes)}
         targets = np.asarray([index[str(v)] for v in values], dtype=np.int64)
+    notes = []
+    if spec.gene is not None:
+        # fold changes are measured per case on the tumour sample; a normal slide given its
+        # case's value teaches the model to find tumour expression where there is no tumour
+        normal = conn.exec_driver_sql(
+            "SELECT count(*) FROM slide_labels WHERE task = 'tumor' AND value = 'normal' "
+            "AND slide_id IN (SELECT unnest(?::VARCHAR[]))", (slide_ids,)).scalar()
+        if normal:
+            notes.append(f"{normal} of {len(slide_ids)} slides are labelled normal (task tumor) but carry "
+                         "their case's fold change; a cohort of tumour slides is usually what you want")
     n_cases = len(set(case_ids))
     if n_cases < s.folds:
         raise InvalidInput(f"{n_cases} cases in cohort {s.cohort!r} with a {spec.name} target and "
                            f"embeddings: fewer than --folds {s.folds}")
-    return Prepared(spec, info, slide_ids, case_ids, values, targets, classes, len(tt.missing), n_no_emb)
+    return Prepared(spec, info, slide_ids, case_ids, values, targets, classes, len(tt.missing), n_no_emb,
+                    notes)
 
 
 def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
@@ -262,7 +274,8 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
         with transaction(conn):
             conn.exec_driver_sql("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (run_id,))
     report = TrainReport(run_id, spec.name, s.model, "running", n_bags=len(p.slide_ids),
-                         n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding)
+                         n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
+                         notes=list(p.notes))
     bags = load_bags(store, conn, p.info, p.slide_ids)
     from histstore.mil.bags import resolve_device
 

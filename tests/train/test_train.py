@@ -177,3 +177,14 @@ def test_cli_train_runs_compare(embedded):
     assert [x["model"] for x in json.loads(r.output)] == ["gated-attention", "mean"]
     r = run("train", "--cohort", "syn20", "--task", "nope")
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
+
+
+def test_gene_task_on_normal_slides_is_noted(embedded):
+    rep = train(embedded, _settings(task="de:EGFR", epochs=2, folds=3), show_progress=False)
+    assert any("labelled normal" in n for n in rep.notes)
+    from histstore.cohorts import create_cohort
+
+    create_cohort(embedded, "tum", from_cohort="syn20",
+                  where="slide_id IN (SELECT slide_id FROM slide_labels WHERE task = 'tumor' AND value = 'tumor')")
+    rep = train(embedded, _settings(cohort="tum", task="de:EGFR", epochs=2, folds=3), show_progress=False)
+    assert not rep.notes
