@@ -5,14 +5,12 @@ included) versus the same bytes from raw .npy files, in the same run.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Row, best_of
+from benchmarks.common import Row, main, best_of
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -76,9 +74,4 @@ def rows(results: list[dict]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    res = run(p.parse_args().quick)
-    print(json.dumps(res, indent=1))
-    for row in rows(res):
-        print(row)
+    main(run, rows)

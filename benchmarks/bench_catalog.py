@@ -8,15 +8,13 @@ same bulk insert done through SQLAlchemy executemany on a sample (rows/s), side 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Row
+from benchmarks.common import Row, main
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -122,9 +120,4 @@ def rows(results: list[dict]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    res = run(p.parse_args().quick)
-    print(json.dumps(res, indent=1))
-    for row in rows(res):
-        print(row)
+    main(run, rows)

@@ -5,14 +5,12 @@ slide handles) versus a plain OpenSlide `read_region` loop over the same tiles, 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Row
+from benchmarks.common import Row, main
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -67,9 +65,4 @@ def rows(results: list[dict]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    res = run(p.parse_args().quick)
-    print(json.dumps(res, indent=1))
-    for row in rows(res):
-        print(row)
+    main(run, rows)

@@ -35,3 +35,16 @@ def best_of(fn, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def main(run, rows) -> None:
+    """Command line of a benchmark module without extra options: --quick, JSON, then rows."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    res = run(p.parse_args().quick)
+    print(json.dumps(res, indent=1, default=str))
+    for row in rows(res):
+        print(row)

@@ -154,7 +154,9 @@ class MILModel(nn.Module):
         return MILOutput(out.logits[0], out.attention, aux, out.aux_weight)
 
     def forward_segments(self, x: Tensor, seg: Tensor | None, n_bags: int) -> MILOutput:
-        raise NotImplementedError
+        """Abstract: every model defines its pooling here (x [T, D] tiles of n_bags bags,
+        seg [T] bag index per tile or None for one bag)."""
+        raise NotImplementedError(f"{type(self).__name__} must define forward_segments")
 
     def spec(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild the model: {"name", "config"}."""
@@ -204,7 +206,8 @@ class _AttentionPooling(MILModel):
     classifier: nn.Linear
 
     def attention_logits(self, h: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Abstract: h' [T, H] -> unnormalised attention [T] (ungated or gated)."""
+        raise NotImplementedError(f"{type(self).__name__} must define attention_logits")
 
     def forward_segments(self, x, seg, n_bags):
         h = self.embed(x)                                               # [T, H]
