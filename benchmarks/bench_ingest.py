@@ -37,7 +37,7 @@ def run(quick: bool = False, keep_slide: Path | None = None) -> list[dict]:
         synth_s = time.perf_counter() - t0
         store, _ = Store.init(Path(tmp) / "store")
         t0 = time.perf_counter()
-        rep = ingest(store, path, TilingSpec(), workers=1, show_progress=False)
+        rep = ingest(store, path, TilingSpec(), workers=1, show_progress=False, case_id_mode="slide")
         ingest_s = time.perf_counter() - t0
         n_tiles = rep.n_tiles
         with store.read() as conn:

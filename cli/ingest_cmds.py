@@ -18,12 +18,19 @@ from histstore.cli.common import pass_store
 @click.option("--min-tissue", type=float, default=0.5, show_default=True, help="Drop tiles with less tissue than this fraction.")
 @click.option("--assume-mpp", type=float, help="Level-0 um/px for slides whose file does not say (never guessed).")
 @click.option("--workers", type=int, help="Worker processes [default: min(4, CPUs)].")
+@click.option("--case-id", "case_id_mode", type=click.Choice(["slide"]),
+              help="'slide': a slide with no case id (manifest case_id, sample sheet Case ID) and no "
+                   "TCGA barcode is its own case. Without it such slides are refused: with made-up "
+                   "case ids two slides of one patient can land in train and test of one fold.")
 @pass_store
-def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_tissue, assume_mpp, workers):
+def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_tissue, assume_mpp, workers,
+           case_id_mode):
     """Catalogue slides and tile them on tissue.
 
     SOURCE is a folder of slides, a CSV manifest (path[,slide_id,case_id]) or a GDC sample
-    sheet (TSV with File Name, Case ID, Sample ID, Sample Type). Re-running ingests nothing twice.
+    sheet (TSV with File Name, Case ID, Sample ID, Sample Type). Case ids come from the
+    manifest or sheet, else from TCGA barcodes, else --case-id slide. Re-running ingests
+    nothing twice.
     """
     from histstore.ingest import ingest as run_ingest
     from histstore.wsi.tiling import TilingSpec, magnification_to_mpp
@@ -32,7 +39,8 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_ti
         raise click.UsageError("give --mpp or --magnification, not both")
     target = magnification_to_mpp(magnification) if magnification is not None else (mpp or 0.5)
     spec = TilingSpec(target_mpp=target, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
-    report = run_ingest(store, source, spec, cohort=cohort, assume_mpp=assume_mpp, workers=workers)
+    report = run_ingest(store, source, spec, cohort=cohort, assume_mpp=assume_mpp, workers=workers,
+                        case_id_mode=case_id_mode)
     for o in report.outcomes:
         if o.status in ("failed", "changed"):
             click.echo(f"{o.status}: {o.slide_id}: {o.message}", err=True)

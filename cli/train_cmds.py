@@ -47,8 +47,11 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings, resume, train as run_train
 
+    def notify(line: str) -> None:
+        click.echo(line, err=True)
+
     if resume_run is not None:
-        r = resume(store, resume_run)
+        r = resume(store, resume_run, notify=notify)
     else:
         if not cohort or not task:
             raise click.UsageError("--cohort and --task are required (or --resume RUN)")
@@ -58,7 +61,7 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           bags_per_step=bags_per_step, class_weight=class_weight, select_on=select_on,
                           device=device, threshold=threshold, p_cut=p_cut, fc_source=fc_source,
                           positive=positive, genes=gene_list)
-        r = run_train(store, s)
+        r = run_train(store, s, notify=notify)
     if r.children or r.task.endswith(":*"):
         click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")
         for c in r.children:
@@ -71,7 +74,8 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
         if "spearman_metric_vs_mean_abs_log2fc" in r.summary:
             click.echo(f"Spearman rho of AUC vs mean |log2FC|: {r.summary['spearman_metric_vs_mean_abs_log2fc'][0]:.3f}")
         return
-    click.echo(f"run {r.run_id} ({r.task}, {r.model}, {r.n_bags} slides): {_fmt_summary(r.summary)} "
+    click.echo(f"run {r.run_id} ({r.task}, {r.model}, {r.n_bags} slides of {r.n_cases} cases): "
+               f"{_fmt_summary(r.summary)} "
                f"[{r.seconds:.1f} s]")
     for n in r.notes:
         click.echo(f"note: {n}", err=True)
@@ -109,7 +113,7 @@ def runs_show(store, run_id):
     r = show_run(store, run_id)
     run = r.run
     click.echo(f"run {run['run_id']}: {run['kind']} {run['task'] or ''} {run['model'] or ''} on cohort "
-               f"{run['cohort']} - {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+               f"{run['cohort']} - {r.state}" + (f" ({run['error']})" if run["error"] else ""))
     click.echo(f"seed {run['seed']}, code {run['code_version']}, started {run['started_at']}, "
                f"finished {run['finished_at']}")
     if r.summary.num_rows:

@@ -7,6 +7,11 @@ come, so a collapsing run is visible in SQL while it trains. The training checkp
 EMA key encoder, bank, optimizer, schedule, RNG) is saved periodically; `--resume` continues
 the newest unfinished run with the same cohort, method and architecture from its saved step.
 The frozen backbone is exported next to it and registered as the encoder.
+
+The catalog is read at the start and written in short commits (the run row, each logging
+window's metrics with the run's progress, the encoder at the end); nothing is held while it
+trains. Metrics logged after the last checkpoint of an interrupted run are replaced on resume,
+so every step has one row.
 """
 from __future__ import annotations
 
@@ -20,9 +25,12 @@ from histstore.cohorts import cohort_slide_ids
 from histstore.embed import choose_tiling
 from histstore.encoder_catalog import find_encoder, register_encoder
 from histstore.errors import EmptyCohort, InvalidInput, NotFound
+from histstore.faults import fault_point
+from histstore.ids import check_id
+from histstore.jobs import Heartbeat, mark_running, record_progress
 from histstore.progress import progress_bar
 from histstore.runs import create_run, end_run, run_outcome, write_metrics
-from histstore.store import Store, transaction
+from histstore.store import Store
 
 METHODS = ("adco", "simclr")
 ARCHS = ("resnet18", "resnet50-layer3", "resnet50")
@@ -73,6 +81,8 @@ class PretrainSettings:
             raise InvalidInput("--lr must be > 0")
         if self.stain_norm not in ("none", "macenko"):
             raise InvalidInput("--stain-norm must be none or macenko")
+        if self.name is not None:
+            check_id(self.name, "encoder name (--name)")
 
 
 @dataclass
@@ -127,14 +137,27 @@ def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progr
 
     s.validate()
     t0 = time.perf_counter()
-    with store.writer() as conn:
-        slide_ids = cohort_slide_ids(conn, s.cohort)
-        ingested = {r[0] for r in conn.exec_driver_sql("SELECT slide_id FROM slides WHERE status = 'ingested'").all()}
-        slide_ids = [x for x in slide_ids if x in ingested]
-        if not slide_ids:
-            raise EmptyCohort(f"cohort {s.cohort!r} has no ingested slides", hint="run `histstore ingest` first")
-        key = choose_tiling(conn, slide_ids, s.tiling)
-        slides = load_slide_tiles(conn, slide_ids, key)
+    with store.session():
+        with store.read() as conn:
+            slide_ids = cohort_slide_ids(conn, s.cohort)
+            ingested = {r[0] for r in conn.exec_driver_sql("SELECT slide_id FROM slides WHERE status = 'ingested'").all()}
+            slide_ids = [x for x in slide_ids if x in ingested]
+            if not slide_ids:
+                raise EmptyCohort(f"cohort {s.cohort!r} has no ingested slides", hint="run `histstore ingest` first")
+            key = choose_tiling(conn, slide_ids, s.tiling)
+            slides = load_slide_tiles(conn, slide_ids, key)
+            resume_row = None
+            if resume:
+                resume_row = conn.exec_driver_sql(
+                    "SELECT run_id, status, host, pid FROM runs WHERE kind = 'pretrain' AND cohort = ? "
+                    "AND status <> 'finished' AND json_extract_string(settings, '$.method') = ? "
+                    "AND json_extract_string(settings, '$.arch') = ? ORDER BY run_id DESC LIMIT 1",
+                    (s.cohort, s.method, s.arch)).first()
+                if resume_row is None:
+                    raise NotFound(f"no unfinished {s.method} {s.arch} pretraining run on cohort {s.cohort!r} to resume",
+                                   hint="run without --resume")
+            elif s.name and find_encoder(conn, s.name):
+                raise InvalidInput(f"encoder {s.name!r} already exists", hint="choose another --name")
         dataset = TileDataset(slides)
         n_tiles = len(dataset)
         if n_tiles < s.batch_size:
@@ -147,31 +170,30 @@ def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progr
         settings = {**asdict(s), "steps": steps, "tiling_key": key, "n_tiles": n_tiles,
                     "n_slides": len(slide_ids), "model_config": model_cfg,
                     "train_config": asdict(train_cfg)}
-        if resume:
-            row = conn.exec_driver_sql(
-                "SELECT run_id FROM runs WHERE kind = 'pretrain' AND cohort = ? AND status <> 'finished' "
-                "AND json_extract_string(settings, '$.method') = ? AND json_extract_string(settings, '$.arch') = ? "
-                "ORDER BY run_id DESC LIMIT 1", (s.cohort, s.method, s.arch)).first()
-            if row is None:
-                raise NotFound(f"no unfinished {s.method} {s.arch} pretraining run on cohort {s.cohort!r} to resume",
-                               hint="run without --resume")
-            run_id = row[0]
-            with transaction(conn):
-                conn.exec_driver_sql("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (run_id,))
+        resumed_from = 0
+        if resume_row is not None:
+            from histstore.encoders.checkpoint import load_checkpoint
+            from histstore.runs import refuse_if_alive
+
+            run_id = resume_row[0]
+            refuse_if_alive(store, run_id)
+            ckpt = store.resolve(f"checkpoints/pretrain/run{run_id}.ckpt")
+            resumed_from = int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else 0
+            with store.commit(f"the resume of run {run_id}") as conn:
+                mark_running(conn, run_id)
+                # windows logged after the checkpoint are trained and logged again
+                conn.exec_driver_sql("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, resumed_from))
+                record_progress(conn, run_id, done=resumed_from, total=steps, unit="step")
         else:
-            if s.name and find_encoder(conn, s.name):
-                raise InvalidInput(f"encoder {s.name!r} already exists", hint="choose another --name")
-            with transaction(conn):
+            with store.commit("a new pretraining run") as conn:
+                if s.name and find_encoder(conn, s.name):
+                    raise InvalidInput(f"encoder {s.name!r} already exists", hint="choose another --name")
                 run_id = create_run(conn, kind="pretrain", settings=settings, seed=s.seed, cohort=s.cohort,
-                                    model=f"{s.method}-{s.arch}", name=s.name)
+                                    model=f"{s.method}-{s.arch}", name=s.name, progress_total=steps,
+                                    progress_unit="step")
         ckpt_rel = f"checkpoints/pretrain/run{run_id}.ckpt"
         ckpt = store.resolve(ckpt_rel)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        resumed_from = 0
-        if resume:
-            from histstore.encoders.checkpoint import load_checkpoint
-
-            resumed_from = int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else 0
         device = s.device
         workers = s.workers if s.workers is not None else (0 if str(device) in ("cpu", "auto") and
                                                            not torch.cuda.is_available() else 8)
@@ -180,38 +202,45 @@ def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progr
                            disable=not show_progress)
         bar.update(resumed_from)
 
-        def on_log(rec: dict) -> None:
-            step = int(rec["step"])
-            rows = [{"name": k, "value": float(v), "step": step, "subset": "train"}
-                    for k, v in rec.items() if k not in ("step", "epoch")]
-            with transaction(conn):
-                write_metrics(conn, run_id, rows)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('contrastive_acc', float('nan')):.2f}",
-                            img_s=f"{rec['img_per_s']:.0f}", refresh=False)
+        with Heartbeat(store, run_id) as beat:
+            def on_log(rec: dict) -> None:
+                step = int(rec["step"])
+                rows = [{"name": k, "value": float(v), "step": step, "subset": "train"}
+                        for k, v in rec.items() if k not in ("step", "epoch")]
+                with store.commit(f"metrics of run {run_id}") as conn:
+                    write_metrics(conn, run_id, rows)
+                    fault_point("pretrain.mid_commit")
+                    record_progress(conn, run_id, done=step)
+                beat.touch()
+                fault_point("pretrain.after_log")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('contrastive_acc', float('nan')):.2f}",
+                                img_s=f"{rec['img_per_s']:.0f}", refresh=False)
 
-        def on_progress(step: int, total: int) -> None:
-            bar.n = step
-            bar.refresh() if show_progress else None
+            def on_progress(step: int, total: int) -> None:
+                bar.n = step
+                bar.refresh() if show_progress else None
 
-        try:
-            with run_outcome(conn, run_id, "`histstore pretrain --resume` continues it"):
-                history = pretrain_loop(model, batches, train_cfg, device=device, checkpoint_path=ckpt,
-                                        resume=resume and ckpt.is_file(), log_every=s.log_every,
-                                        on_log=on_log, progress=on_progress)
-        finally:
-            bar.close()
+            try:
+                with run_outcome(store, run_id, "`histstore pretrain --resume` continues it"):
+                    history = pretrain_loop(model, batches, train_cfg, device=device, checkpoint_path=ckpt,
+                                            resume=resume_row is not None and ckpt.is_file(),
+                                            log_every=s.log_every, on_log=on_log, progress=on_progress)
+            finally:
+                bar.close()
         backbone_rel = f"checkpoints/encoders/run{run_id}-{s.method}-{s.arch}.pt"
         exported = save_backbone(ckpt, store.resolve(backbone_rel))
+        backbone_sha = sha256_file(store.resolve(backbone_rel))
         name = s.name or f"{s.method}-{s.arch}-run{run_id}"
-        with transaction(conn):
+        fault_point("pretrain.before_register")
+        with store.commit(f"encoder {name}") as conn:
             enc = register_encoder(conn, name=name, method=s.method, architecture=s.arch, dim=exported["dim"],
                                    settings=settings, checkpoint_path=backbone_rel,
-                                   checkpoint_sha256=sha256_file(store.resolve(backbone_rel)),
-                                   pretrain_run_id=run_id)
+                                   checkpoint_sha256=backbone_sha, pretrain_run_id=run_id)
             # encoders.pretrain_run_id links the two; runs.encoder_id (an indexed foreign key)
             # cannot be updated on a run that metrics already reference (DuckDB 2.0)
             conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, description) VALUES "
                                  "('pretrain-checkpoint', ?, ?, 'full training state (resume)')", (ckpt_rel, run_id))
+            record_progress(conn, run_id, done=steps)
             end_run(conn, run_id, "finished")
     speeds = [h["img_per_s"] for h in history if "img_per_s" in h]
     return PretrainReport(run_id, name, steps, resumed_from, time.perf_counter() - t0,

@@ -6,7 +6,9 @@ tile size in level-0 pixels, align rows to a tiling, write the zarr array under 
 name and move it into place, then register - slide (with --register-slides), tiling + tiles
 (when new), the array row and cohort membership - in ONE transaction. A bad file is reported
 in one line and the others are imported; nothing is left half-registered. Re-running skips
-slides whose array is already registered in the set.
+slides whose array is already registered in the set. The catalog is held only for those short
+commits (and a short read at the start); each commit re-checks that no other process
+registered the slide in the set meanwhile.
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, resolve_set, set_status)
 from histstore.errors import InvalidInput
+from histstore.faults import fault_point
+from histstore.ids import check_id, refuse_bad_ids
 from histstore.interop import checks, formats
 from histstore.interop.formats import FileProblem
 from histstore.keys import settings_key
 from histstore.progress import progress_bar
-from histstore.sources import default_case_id
-from histstore.store import Store, transaction
+from histstore.sources import assign_cases, check_case_id_mode
+from histstore.store import Store
 
 DTYPES = ("auto", "float16", "float32")
 _BLOCK_ROWS = arrays.DEFAULT_CHUNK_ROWS
@@ -97,6 +101,8 @@ class ImportReport:
 class _Planned:
     path: Path
     slide_id: str
+    case_id: str | None = None         # from the mapping file's case_id column
+    case_id_source: str | None = None  # for slides registered without pixels
 
 
 # -- planning (validated whole before anything is written) ---------------------------------------
@@ -108,7 +114,8 @@ def _plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[_
     if mapping is None:
         if not files:
             raise InvalidInput(f"no .{fmt} feature files in {directory}")
-        planned = [_Planned(p, formats.file_stem(p)) for p in files]
+        planned = [_Planned(p, check_id(formats.file_stem(p), "slide id (from the file name)", str(p)))
+                   for p in files]
         ignored = 0
     else:
         df = read_table(mapping, required=["file", "slide_id"], what="mapping file")
@@ -127,10 +134,14 @@ def _plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[_
         refuse_rows(mapping, np.array([f is None for f in found]),
                     f"name a file that is not a .{fmt} file in {directory}")
         refuse_rows(mapping, df["slide_id"] == "", "have an empty slide_id")
+        refuse_bad_ids(mapping, df["slide_id"], "slide_id")
+        if "case_id" in df.columns:
+            refuse_bad_ids(mapping, [c or "ok" for c in df["case_id"]], "case_id")
         refuse_rows(mapping, df["slide_id"].duplicated(keep=False).to_numpy(), "repeat a slide_id")
         refuse_rows(mapping, pd.Series([str(f) for f in found]).duplicated(keep=False).to_numpy(),
                     "repeat a file")
-        planned = [_Planned(p, s) for p, s in zip(found, df["slide_id"])]
+        cases = df["case_id"] if "case_id" in df.columns else [""] * len(df)
+        planned = [_Planned(p, s, c or None) for p, s, c in zip(found, df["slide_id"], cases)]
         ignored = len(set(files) - set(found))
     seen: dict[str, Path] = {}
     for p in planned:
@@ -219,22 +230,23 @@ def _insert_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, geom: che
     return tiling_id
 
 
-def _register_slide(conn: sa.Connection, slide_id: str) -> None:
-    case_id = default_case_id(slide_id)
-    conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES (?) ON CONFLICT DO NOTHING", (case_id,))
-    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status) VALUES (?, ?, NULL, 'registered')",
-                         (slide_id, case_id))
+def _register_slide(conn: sa.Connection, item: _Planned) -> None:
+    conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES (?) ON CONFLICT DO NOTHING", (item.case_id,))
+    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status, case_id_source) "
+                         "VALUES (?, ?, NULL, 'registered', ?)", (item.slide_id, item.case_id, item.case_id_source))
 
 
-def _write(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str) -> str:
+def _write(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str) -> arrays.ArrayWriter:
+    """The array written under .partial/ (published by the commit that registers it)."""
     arrays.clear_partials(set_dir, slide_id)
     with arrays.ArrayWriter(set_dir, slide_id, data.shape[0], data.shape[1], dtype) as w:
         for start in range(0, data.shape[0], _BLOCK_ROWS):
             w.write(data[start:start + _BLOCK_ROWS])
-        return w.commit()
+        w.finish()
+        return w
 
 
-def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item: _Planned,
+def _import_one(store: Store, info: EmbeddingSetInfo, item: _Planned,
                 slide: dict | None, fmt: str, coords_dir: Path | None, patch_size: int | None,
                 patch_level: int | None, cohort: str, report: ImportReport) -> tuple[FileOutcome, dict]:
     name, sid = item.path.name, item.slide_id
@@ -249,7 +261,8 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
             geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
     tiling_id, kind, order, note = (None, None, None, None)
     if slide is not None:
-        tiling_id, kind, order, note = _match_tiling(conn, sid, xy, geom.size_l0)
+        with store.read() as conn:
+            tiling_id, kind, order, note = _match_tiling(conn, sid, xy, geom.size_l0)
     data = ff.features if order is None else ff.features[order]
     data = np.asarray(data)
     if np.dtype(info.dtype) != data.dtype:
@@ -262,26 +275,44 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
     notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
                          f"{geom.source}, size_l0 = {geom.size_l0}") if n]
     set_dir = info.directory(store)
-    checksum = _write(set_dir, sid, data, info.dtype)
+    writer = _write(set_dir, sid, data, info.dtype)
+    fault_point("import.after_array_write")
     try:
-        with transaction(conn):
-            if slide is None:
-                _register_slide(conn, sid)
-                report.registered_slides.append(sid)
+        with store.commit(f"slide {sid}") as conn:
+            if sid in finished_slides_of(conn, info.embedding_set_id, [sid]):
+                writer.discard()  # another import registered it meanwhile
+                return FileOutcome(name, sid, "skipped"), ff.attrs
+            registered_now = conn.exec_driver_sql(
+                "SELECT count(*) FROM slides WHERE slide_id = ?", (sid,)).scalar()
+            if slide is None and not registered_now:
+                _register_slide(conn, item)
             if tiling_id is None:
                 tiling_id = _insert_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
                 what = "new imported tiling"
             else:
                 what = f"matched {kind} tiling"
-            register_array(conn, info, sid, tiling_id, data.shape[0], checksum)
-            add_to_cohort(conn, cohort, [sid])
+            writer.publish()
+            try:
+                fault_point("import.mid_commit")
+                register_array(conn, info, sid, tiling_id, data.shape[0], writer.finish())
+                add_to_cohort(conn, cohort, [sid])
+            except BaseException:
+                arrays.remove_array(set_dir, sid)  # still holding the lock: it is ours
+                raise
     except BaseException:
-        arrays.remove_array(set_dir, sid)  # the catalog never saw it: leave nothing behind
-        if slide is None and sid in report.registered_slides:
-            report.registered_slides.remove(sid)
+        writer.discard()  # the catalog never saw it: leave nothing behind
         raise
+    if slide is None and not registered_now:
+        report.registered_slides.append(sid)
     return FileOutcome(name, sid, "imported", int(data.shape[0]), int(tiling_id), what,
                        "; ".join(notes) or None), ff.attrs
+
+
+def finished_slides_of(conn: sa.Connection, embedding_set_id: int, slide_ids: list[str]) -> set[str]:
+    rows = conn.exec_driver_sql(
+        "SELECT slide_id FROM embedding_arrays WHERE embedding_set_id = ? AND slide_id IN "
+        "(SELECT unnest(?::VARCHAR[]))", (embedding_set_id, slide_ids)).all()
+    return {r[0] for r in rows}
 
 
 # -- the job ----------------------------------------------------------------------------------
@@ -341,20 +372,24 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                     fmt: str | None = None, patch_size: int | None = None,
                     patch_level: int | None = None, mapping: Path | str | None = None,
                     register_slides: bool = False, coords_dir: Path | str | None = None,
-                    dtype: str = "auto", show_progress: bool = True) -> ImportReport:
+                    dtype: str = "auto", show_progress: bool = True,
+                    case_id_mode: str | None = None) -> ImportReport:
     """Import one feature file per slide from `directory` into embedding set `name`.
 
     Bad files are reported in `ImportReport.outcomes` (status 'failed', one-line message) and
     do not stop the others. Raises InvalidInput for problems of the whole command (no files,
     a bad mapping, slides not in the catalog without `register_slides`, a set name taken by a
-    set of other settings).
+    set of other settings). Slides registered without pixels get their case from the
+    mapping's case_id column or their TCGA barcode; others need case_id_mode 'slide'.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidInput(f"{directory} is not a folder")
     if not name or not name.strip():
         raise InvalidInput("--name must not be empty")
+    check_id(name, "embedding set name (--name)")
     check_cohort_name(cohort)
+    check_case_id_mode(case_id_mode)
     if patch_size is not None and patch_size < 1:
         raise InvalidInput(f"--patch-size must be >= 1, got {patch_size}")
     if patch_level is not None and patch_level < 0:
@@ -374,29 +409,36 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         raise InvalidInput(f"--format must be one of {', '.join(formats.FORMATS)}")
     planned, ignored = _plan_files(directory, fmt, Path(mapping) if mapping else None)
 
-    with store.writer() as conn:
-        known = _known_slides(conn)
-        _resolve_ids(planned, known, mapping is not None)
-        unknown = [p.slide_id for p in planned if p.slide_id not in known]
-        if unknown and not register_slides:
-            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-            raise InvalidInput(f"{len(unknown)} of {len(planned)} files name slides that are not in the "
-                               f"catalog: {shown}",
-                               hint="ingest them first, give a --mapping CSV, or pass --register-slides "
-                                    "to register them as slides without pixels")
-        existing = _existing_set(conn, name)
-        if existing is not None and existing.kind != "imported":
-            raise InvalidInput(f"embedding set {name!r} exists and is {existing.kind}, not imported",
-                               hint="choose another --name")
-        if existing is not None and (existing.settings or {}).get("source_format") != fmt:
-            raise InvalidInput(f"embedding set {name!r} was imported from "
-                               f"{(existing.settings or {}).get('source_format')} files, not {fmt}",
-                               hint="choose another --name")
-        if existing is not None and dtype != "auto" and dtype != existing.dtype:
-            raise InvalidInput(f"embedding set {name!r} holds {existing.dtype}, not {dtype}",
-                               hint="drop --dtype or choose another --name")
-        done = finished_slides(conn, existing.embedding_set_id) if existing else set()
-        conn.commit()
+    with store.session():
+        with store.read() as conn:
+            known = _known_slides(conn)
+            _resolve_ids(planned, known, mapping is not None)
+            unknown = [p for p in planned if p.slide_id not in known]
+            if unknown and not register_slides:
+                shown = ", ".join(p.slide_id for p in unknown[:10]) + (
+                    f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+                raise InvalidInput(f"{len(unknown)} of {len(planned)} files name slides that are not in the "
+                                   f"catalog: {shown}",
+                                   hint="ingest them first, give a --mapping CSV, or pass --register-slides "
+                                        "to register them as slides without pixels")
+            existing = _existing_set(conn, name)
+            if existing is not None and existing.kind != "imported":
+                raise InvalidInput(f"embedding set {name!r} exists and is {existing.kind}, not imported",
+                                   hint="choose another --name")
+            if existing is not None and (existing.settings or {}).get("source_format") != fmt:
+                raise InvalidInput(f"embedding set {name!r} was imported from "
+                                   f"{(existing.settings or {}).get('source_format')} files, not {fmt}",
+                                   hint="choose another --name")
+            if existing is not None and dtype != "auto" and dtype != existing.dtype:
+                raise InvalidInput(f"embedding set {name!r} holds {existing.dtype}, not {dtype}",
+                                   hint="drop --dtype or choose another --name")
+            done = finished_slides(conn, existing.embedding_set_id) if existing else set()
+        if unknown:  # slides to register without pixels: each needs its patient's case id
+            cases = assign_cases([p.slide_id for p in unknown], [p.case_id for p in unknown], "manifest",
+                                 case_id_mode, Path(mapping).name if mapping else str(directory),
+                                 [p.path.name for p in unknown])
+            for p, (case, source) in zip(unknown, cases):
+                p.case_id, p.case_id_source = case, source
         report = ImportReport(None, None, False, fmt, None, None, cohort, ignored_files=ignored)
         pending = [p for p in planned if p.slide_id not in done]
         skipped = [p for p in planned if p.slide_id in done]
@@ -426,7 +468,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                           "patch_size_option": patch_size, "patch_level_option": patch_level,
                           "mapping": str(Path(mapping).resolve()) if mapping else None,
                           "coords_dir": str(coords_dir.resolve()) if coords_dir else None}
-            with transaction(conn):
+            with store.commit(f"embedding set {name}") as conn:
                 info, created = get_or_create_set(
                     conn, name=name, kind="imported", dim=dim, dtype=set_dtype,
                     settings={"kind": "imported", "name": name, "source_format": fmt},
@@ -441,7 +483,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         first_attrs = None
         for item in todo:
             try:
-                outcome, attrs = _import_one(store, conn, info, item, known.get(item.slide_id), fmt,
+                outcome, attrs = _import_one(store, info, item, known.get(item.slide_id), fmt,
                                              coords_dir, patch_size, patch_level, cohort, report)
                 if first_attrs is None:
                     first_attrs = attrs
@@ -452,7 +494,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         bar.close()
         report.outcomes.sort(key=lambda o: o.file)
 
-        with transaction(conn):
+        with store.commit(f"the end of the import into {name}") as conn:
             if skipped:
                 add_to_cohort(conn, cohort, [p.slide_id for p in skipped])
             if info is not None:
@@ -460,7 +502,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                 if created and n_arrays == 0:  # every file failed: leave no empty set behind
                     conn.exec_driver_sql("DELETE FROM embedding_sets WHERE embedding_set_id = ?",
                                          (info.embedding_set_id,))
-                    _remove_empty_dir(info.directory(store))
+                    _remove_empty_dir(info.directory(store), store.embeddings_path)
                     report.embedding_set = report.embedding_set_id = None
                 else:
                     set_status(conn, info.embedding_set_id, "complete" if report.ok else "partial")
@@ -472,12 +514,16 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
     return report
 
 
-def _remove_empty_dir(path: Path) -> None:
-    import shutil
+def _remove_empty_dir(path: Path, owner: Path) -> None:
+    """Remove a set's folder that holds nothing but an empty .partial/ (another import into the
+    same set may be writing there: then it is not empty and stays)."""
+    from histstore.fsops import remove_tree
 
     try:
-        entries = [p for p in path.iterdir() if p.name != arrays.PARTIAL_DIR]
+        entries = list(path.iterdir())
+        partial = path / arrays.PARTIAL_DIR
+        if any(p != partial for p in entries) or (partial.is_dir() and any(partial.iterdir())):
+            return
+        remove_tree(path, owner)
     except OSError:
         return
-    if not entries:
-        shutil.rmtree(path, ignore_errors=True)

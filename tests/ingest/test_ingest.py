@@ -65,7 +65,7 @@ def test_failures_are_isolated(store, synth6, tmp_path, cli):
     manifest = tmp_path / "m.csv"
     good = synth6.slides[0].path
     manifest.write_text(f"path,slide_id\n{good},good1\n{tmp_path / 'missing.svs'},missing1\n{corrupt},corrupt1\n")
-    r = cli("ingest", manifest)
+    r = cli("ingest", manifest, "--case-id", "slide")
     assert r.exit_code != 0
     assert "1 ingested" in r.output and "2 failed" in r.output
     assert "Traceback" not in r.output
@@ -95,7 +95,7 @@ def test_changed_file_is_reported_not_overwritten(store, synth6, tmp_path):
     work = tmp_path / "slide.tiff"
     shutil.copy(a, work)
     m = tmp_path / "m.csv"
-    m.write_text(f"path,slide_id\n{work},s1\n")
+    m.write_text(f"path,slide_id,case_id\n{work},s1,p1\n")
     ingest(store, m, SPEC, workers=1, show_progress=False)
     before = _snapshot(store)
     shutil.copy(b, work)  # a different scan under the same slide_id
@@ -131,7 +131,7 @@ def test_interrupted_ingest_leaves_no_half_slide_and_resumes(store, synth6, monk
 
 
 def test_real_slide(store, real_slide, cli):
-    r = cli("ingest", real_slide, "--cohort", "real")
+    r = cli("ingest", real_slide, "--cohort", "real", "--case-id", "slide")
     assert r.exit_code == 0, r.output
     (sid, mpp, obj, vendor, w, h), = _table(store, "SELECT slide_id, mpp, objective_power, vendor, width, height FROM slides")
     assert sid == "cmu_small_region" and mpp == pytest.approx(0.499) and obj == 20
@@ -150,9 +150,9 @@ def test_unknown_mpp_needs_assume_mpp(store, tmp_path, cli):
     tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="jpeg")
     m = tmp_path / "m.csv"
     m.write_text(f"path\n{path}\n")
-    r = cli("ingest", m)
+    r = cli("ingest", m, "--case-id", "slide")
     assert r.exit_code != 0 and "--assume-mpp" in r.output
-    r = cli("ingest", m, "--assume-mpp", "0.5")
+    r = cli("ingest", m, "--assume-mpp", "0.5", "--case-id", "slide")
     assert r.exit_code == 0, r.output
     assert _table(store, "SELECT status, mpp, mpp_source FROM slides") == [("ingested", 0.5, "assumed")]
 

@@ -38,7 +38,7 @@ def test_membership_is_a_snapshot(catalog):
 
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(sql="SELECT slide_id FROM slides WHERE false"), EmptyCohort, "would be empty"),
-    (dict(sql="DELETE FROM slides"), Exception, "cohort query failed"),
+    (dict(sql="DELETE FROM slides"), Exception, "exactly one SELECT statement; found DELETE"),
     (dict(sql="SELECT case_id FROM cases"), Exception, "slide_id"),
     (dict(), InvalidInput, "exactly one"),
     (dict(from_cohort="nope"), Exception, "no cohort 'nope'"),

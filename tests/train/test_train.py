@@ -93,7 +93,7 @@ def test_baselines_train_and_evaluate(embedded, model):
 def test_bad_input_writes_nothing(embedded, kw, words):
     with pytest.raises(HiststoreError, match=words):
         train(embedded, _settings(**kw), show_progress=False)
-    assert _q(embedded, "SELECT count(*) FROM runs") == [(0,)]
+    assert _q(embedded, "SELECT count(*) FROM runs WHERE kind = 'train'") == [(0,)]
 
 
 def test_no_embeddings_says_what_to_run(embedded):
@@ -120,7 +120,7 @@ def test_interrupted_run_resumes(embedded, monkeypatch):
     monkeypatch.setattr(mod, "_write_fold", dying)
     with pytest.raises(KeyboardInterrupt):
         train(embedded, _settings(epochs=2), show_progress=False)
-    (run_id, status), = _q(embedded, "SELECT run_id, status FROM runs")
+    (run_id, status), = _q(embedded, "SELECT run_id, status FROM runs WHERE kind = 'train'")
     assert status == "interrupted"
     assert _q(embedded, "SELECT count(DISTINCT fold) FROM predictions") == [(2,)]
     assert _q(embedded, "SELECT count(*) FROM run_summary WHERE run_id = ? AND metric = 'auc' "
@@ -165,16 +165,21 @@ def test_cli_train_runs_compare(embedded):
     def run(*args):
         return CliRunner().invoke(main, ["--store", str(embedded.root), *args])
 
+    first = _q(embedded, "SELECT max(run_id) FROM runs")[0][0] + 1  # the template has an embed run
     r = run("train", "--cohort", "syn20", "--task", "tumor", "--epochs", "3", "--folds", "2")
     assert r.exit_code == 0, r.output
-    assert "run 1 (tumor, gated-attention, 20 slides): auc" in r.output
+    assert "cohort syn20, task tumor: 20 slides of 10 cases in 2 folds grouped by case" in r.output
+    assert f"run {first} (tumor, gated-attention, 20 slides of 10 cases): auc" in r.output
     r = run("train", "--cohort", "syn20", "--task", "tumor", "--epochs", "3", "--folds", "2", "--model", "mean")
     assert r.exit_code == 0
-    r = run("compare", "1", "2")
-    assert r.exit_code == 0 and "1:gated-attention (tumor)" in r.output and "2:mean (tumor)" in r.output
-    assert "±" in r.output
-    r = run("runs", "list", "--format", "json")
-    assert [x["model"] for x in json.loads(r.output)] == ["gated-attention", "mean"]
+    r = run("compare", str(first), str(first + 1))
+    assert r.exit_code == 0 and f"{first}:gated-attention (tumor)" in r.output
+    assert f"{first + 1}:mean (tumor)" in r.output and "±" in r.output
+    r = run("runs", "list", "--kind", "train", "--format", "json")
+    listed = json.loads(r.output)
+    assert [x["model"] for x in listed] == ["gated-attention", "mean"]
+    assert [x["status"] for x in listed] == ["finished", "finished"]
+    assert [x["progress"] for x in listed] == ["2/2 fold", "2/2 fold"]
     r = run("train", "--cohort", "syn20", "--task", "nope")
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
 
