@@ -35,7 +35,7 @@ def main(store, wait, exclusive):
 
 
 # in the order of the workflow (also the order of docs/cli.md)
-for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql,
+for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql, store_cmds.verify,
                 ingest_cmds.synth, ingest_cmds.ingest, label_cmds.labels, label_cmds.genes,
                 label_cmds.foldchanges, cohort_cmds.cohort, pretrain_cmds.pretrain, embed_cmds.encoders,
                 embed_cmds.embed, embed_cmds.embeddings, train_cmds.train, train_cmds.runs, train_cmds.compare,

@@ -111,3 +111,33 @@ def sql(store, query, sql_file, write, fmt, output, force):
         click.echo("ok", err=True)
         return
     emit_rows(table, fmt, output, force=force)
+
+
+@click.command()
+@click.option("--repair", is_flag=True,
+              help="Remove orphan arrays and leftovers of interrupted writes, mark runs whose process "
+                   "is gone as interrupted. Never deletes registered data.")
+@click.option("--quick", is_flag=True,
+              help="Check array shapes and that checkpoints exist, without reading every byte for "
+                   "checksums.")
+@pass_store
+def verify(store, repair, quick):
+    """Check that catalog and files agree (fsck): arrays (shape, checksum), orphans, leftovers,
+    dead runs, checkpoints (sha256), tiles/tilings/slides. One line per problem; exits 1 if any
+    remain."""
+    from histstore.verify import verify as run_verify
+
+    r = run_verify(store, repair=repair, quick=quick, on_problem=lambda p: None)
+    for p in r.problems:
+        click.echo(p.line())
+    fixed = sum(p.repaired for p in r.problems)
+    left = len(r.unrepaired)
+    click.echo(f"checked {r.n_arrays} arrays ({'shapes' if quick else 'shapes and checksums'}) and "
+               f"{r.n_checkpoints} checkpoints in {r.seconds:.1f} s: "
+               + (f"{left} problem(s)" if left else "no problems")
+               + (f", {fixed} repaired" if fixed else "")
+               + (" (run with --repair to fix the repairable ones)"
+                  if left and not repair and any(p.repairable for p in r.problems) else ""),
+               err=bool(left))
+    if left:
+        raise click.exceptions.Exit(1)

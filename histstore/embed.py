@@ -30,7 +30,7 @@ from histstore.encoder_catalog import EncoderInfo, find_encoder, register_encode
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.faults import fault_point
 from histstore.ids import check_id
-from histstore.jobs import Heartbeat, record_progress
+from histstore.jobs import Heartbeat, interrupt_dead_runs, record_progress
 from histstore.progress import progress_bar
 from histstore.runs import create_run, end_run, run_outcome
 from histstore.store import Store
@@ -215,6 +215,8 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                                    hint=f"use --name {info.name} or drop --name")
             done = finished_slides(conn, info.embedding_set_id)
             todo = [s for s in slide_ids if s not in done]
+            interrupt_dead_runs(conn, "its finished slides are kept; this embed continues the set",
+                                "r.kind = 'embed' AND r.embedding_set_id = ?", (info.embedding_set_id,))
             if todo:
                 run_id = create_run(conn, kind="embed", settings={**settings, "batch_size": batch_size,
                                                                   "precision": precision, "device": str(dev)},

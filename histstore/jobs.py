@@ -38,6 +38,21 @@ def mark_running(conn: sa.Connection, run_id: int) -> None:
         "updated_at = current_timestamp WHERE run_id = ?", (host(), os.getpid(), int(run_id)))
 
 
+def interrupt_dead_runs(conn: sa.Connection, note: str, where: str = "", params: tuple = ()) -> list[int]:
+    """Mark runs that say 'running' but whose process is gone (histstore.liveness) as
+    interrupted, with `note`; returns their ids."""
+    from histstore.liveness import running_rows, why_interrupted
+
+    dead = [r for r in running_rows(conn, where, params) if r["state"] != "running"]
+    for r in dead:
+        conn.exec_driver_sql(
+            "UPDATE runs SET status = 'interrupted', finished_at = current_timestamp, error = ? "
+            "WHERE run_id = ? AND status = 'running'",
+            (f"interrupted: {why_interrupted(r['host'], r['pid'], r['heartbeat_age_s'])}; {note}",
+             r["run_id"]))
+    return [r["run_id"] for r in dead]
+
+
 class Heartbeat:
     """A daemon thread that refreshes runs.updated_at every `interval` seconds when no commit
     did so meanwhile. Best effort: it skips a beat rather than wait for a busy catalog, never

@@ -55,13 +55,14 @@ def why_interrupted(host: str | None, pid: int | None, heartbeat_age_s: float | 
     return f"no heartbeat for {heartbeat_age_s / 60:.0f} min (host {host}, PID {pid})"
 
 
-def running_rows(conn: sa.Connection) -> list[dict]:
-    """Runs marked running, each with `state` ('running' or 'interrupted'), `heartbeat_age_s`
-    and progress columns."""
+def running_rows(conn: sa.Connection, where: str = "", params: tuple = ()) -> list[dict]:
+    """Runs marked running (and matching `where`, SQL on runs r), each with `state` ('running'
+    or 'interrupted': its process is gone), `heartbeat_age_s` and progress columns."""
     rows = conn.exec_driver_sql(
         "SELECT r.run_id, r.kind, r.cohort, r.task, r.model, r.host, r.pid, r.started_at, "
         f"r.progress_done, r.progress_total, r.progress_unit, {HEARTBEAT_AGE_SQL} AS heartbeat_age_s "
-        "FROM runs r WHERE r.status = 'running' ORDER BY r.run_id").all()
+        f"FROM runs r WHERE r.status = 'running' {'AND ' + where if where else ''} ORDER BY r.run_id",
+        params).all()
     out = []
     for row in rows:
         d = dict(row._mapping)

@@ -95,8 +95,9 @@ def assign_cases(slide_ids: list[str], given: list[str | None], given_source: st
             f"({shown}{more}); nothing was written. Cross-validation groups slides by patient: "
             "with made-up case ids two slides of one patient can land in train and test of the "
             "same fold (patient leakage)",
-            hint="give a CSV manifest with a case_id column (path,slide_id,case_id), or pass "
-                 "--case-id slide if every slide comes from a different patient")
+            hint="give the case ids in a case_id column (CSV manifest path,slide_id,case_id; for "
+                 "features import the --mapping file), or pass --case-id slide if every slide "
+                 "comes from a different patient")
     return out
 
 

@@ -170,6 +170,26 @@ def read_array(set_dir: Path, slide_id: str) -> np.ndarray:
     return arr[...]
 
 
+def stored_info(set_dir: Path, slide_id: str) -> tuple[tuple[int, ...], str] | None:
+    """(shape, dtype) of a stored array from its metadata alone, None if there is none."""
+    path = Path(set_dir) / slide_key(slide_id)
+    if not (path / "zarr.json").is_file():
+        return None
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
+    return tuple(arr.shape), str(arr.dtype)
+
+
+def stored_checksum(set_dir: Path, slide_id: str, block_rows: int = DEFAULT_CHUNK_ROWS) -> str:
+    """The checksum of a stored array, read in row blocks (equals the writer's)."""
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
+                          mode="r")
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{np.dtype(arr.dtype).str}{tuple(arr.shape)}".encode())
+    for start in range(0, arr.shape[0], block_rows):
+        h.update(np.ascontiguousarray(arr[start:start + block_rows]).tobytes())
+    return h.hexdigest()
+
+
 def array_exists(set_dir: Path, slide_id: str) -> bool:
     return (Path(set_dir) / slide_key(slide_id) / "zarr.json").is_file()
 

@@ -220,7 +220,11 @@ def _copy(conn: sa.Connection, sql: str, path: Path, fmt: str) -> int:
     raw = duckdb_connection(conn)
     n_rows = 0
     try:
-        reader = raw.execute(sql).fetch_record_batch(65536)
+        import warnings
+
+        with warnings.catch_warnings():  # DuckDB notes the DB-API path copies once more
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+            reader = raw.execute(sql).to_arrow_reader(65536)
         writer = (pq.ParquetWriter(tmp, reader.schema, compression="zstd") if fmt == "parquet"
                   else pacsv.CSVWriter(tmp, reader.schema))
         try:
