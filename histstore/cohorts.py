@@ -103,7 +103,8 @@ def _select_ids(store: Store, sql: str, what: str) -> list[str]:
             return [r[0] for r in rel.fetchall()]
         except Exception as exc:
             msg = " ".join(str(exc).splitlines()[:1])
-            raise SQLError(f"{what} failed: {msg} (it must return a slide_id column)") from None
+            hint = " (it must return a slide_id column)" if "slide_id" in msg else ""
+            raise SQLError(f"{what} failed: {msg}{hint}") from None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from histstore.errors import InvalidInput
+from histstore.fsops import remove_file
 
 FORMAT = "histstore-checkpoint"
 BACKBONE_FORMAT = "histstore-backbone"
@@ -194,7 +195,7 @@ def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            remove_file(tmp, folder)  # histstore.fsops
         raise
 
 

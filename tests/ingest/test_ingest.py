@@ -172,6 +172,7 @@ def test_gdc_sample_sheet_and_folder(store, synth6, tmp_path):
     assert _table(store, "SELECT slide_id, case_id, sample_type FROM slides") == [
         ("TCGA-AB-1234-11A-01-TS1", "TCGA-AB-1234", "Solid Tissue Normal")]
     assert _table(store, "SELECT project FROM cases") == [("TCGA-LUAD",)]
+    assert _table(store, "SELECT case_id_source FROM slides") == [("gdc",)]
     rep = ingest(store, tmp_path / "gdc", SPEC, workers=1, show_progress=False)  # folder scan
     assert rep.count("skipped") == 1
 
@@ -181,3 +182,42 @@ def test_bad_options(store, synth6):
         ingest(store, synth6.manifest, SPEC, cohort="1bad name")
     with pytest.raises(InvalidInput):
         TilingSpec(tile_size=0)
+
+
+def _blocks(synth6, tmp_path):
+    """The issue's case: two blocks of one patient, non-TCGA names, a manifest with paths only."""
+    for name, s in (("patientA_block1.tiff", synth6.slides[0]), ("patientA_block2.tiff", synth6.slides[1])):
+        shutil.copy(s.path, tmp_path / name)
+    m = tmp_path / "m.csv"
+    m.write_text("path\npatientA_block1.tiff\npatientA_block2.tiff\n")
+    return m
+
+
+def test_slides_without_case_ids_are_refused_unless_said(store, synth6, tmp_path, cli):
+    m = _blocks(synth6, tmp_path)
+    before = _snapshot(store)
+    r = cli("ingest", m, "--mpp", "1", "--tile-size", "64")
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
+    assert "no case id" in r.output and "leakage" in r.output and "line 2, line 3" in r.output
+    assert "--case-id slide" in r.output
+    assert _snapshot(store) == before
+    r = cli("ingest", m, "--mpp", "1", "--tile-size", "64", "--case-id", "slide")
+    assert r.exit_code == 0, r.output
+    assert _table(store, "SELECT slide_id, case_id, case_id_source FROM slides ORDER BY 1") == [
+        ("patientA_block1", "patientA_block1", "slide"), ("patientA_block2", "patientA_block2", "slide")]
+
+
+def test_case_id_sources(synth6, tmp_path):
+    from histstore.sources import read_source
+
+    a, b = synth6.slides[0].path, synth6.slides[1].path
+    m = tmp_path / "m.csv"
+    m.write_text(f"path,slide_id,case_id\n{a},blockA1,patientA\n{b},blockA2,patientA\n")
+    assert [(s.case_id, s.case_id_source) for s in read_source(m)] == [("patientA", "manifest")] * 2
+    m.write_text(f"path,slide_id\n{a},TCGA-AB-1234-01Z-00-DX1\n{b},TCGA-AB-1234-11Z-00-DX1\n")
+    assert [(s.case_id, s.case_id_source) for s in read_source(m)] == [("TCGA-AB-1234", "tcga-barcode")] * 2
+    # mixed: case ids for some rows, none (and no barcode) for others - refused, even with --case-id slide
+    m.write_text(f"path,slide_id,case_id\n{a},blockA1,patientA\n{b},blockA2,\n")
+    for mode in (None, "slide"):
+        with pytest.raises(InvalidInput, match=r"1 slide\(s\) have no case id while others have one \(line 3\)"):
+            read_source(m, mode)
