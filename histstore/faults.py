@@ -17,10 +17,19 @@ from __future__ import annotations
 import os
 import signal
 
-_SPEC = os.environ.get("HISTSTORE_FAULT") or None
-_NAME, _, _AT = (_SPEC or "").partition(":")
-_HITS_WANTED = int(_AT) if _AT else 1
+_SPEC: str | None = None
+_NAME = ""
+_HITS_WANTED = 1
 _hits = 0
+
+
+def configure(spec: str | None) -> None:
+    """Arm the point named by `spec` ('name' or 'name:N'; None disarms). Read from
+    HISTSTORE_FAULT at import; tests that fork a process call it in the child."""
+    global _SPEC, _NAME, _HITS_WANTED, _hits
+    _SPEC = spec or None
+    name, _, at = (spec or "").partition(":")
+    _NAME, _HITS_WANTED, _hits = name, int(at) if at else 1, 0
 
 
 def fault_point(name: str) -> None:
@@ -30,3 +39,6 @@ def fault_point(name: str) -> None:
     _hits += 1
     if _hits >= _HITS_WANTED:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+configure(os.environ.get("HISTSTORE_FAULT"))

@@ -1,93 +1,18 @@
-"""Crash safety: each job runs in a subprocess that SIGKILLs itself at a named fault point
-(histstore.faults: after N units, inside a commit, in the middle of a zarr write); the same
-command is then run again. Afterwards `verify` finds nothing wrong, nothing registered is
-lost, and the results equal an uninterrupted run's (identical embedding arrays, identical
-train folds for the same seed, the same pretrained encoder).
+"""Crash safety: each job runs through the CLI in another process that SIGKILLs itself at a
+named fault point (histstore.faults: after N units, inside a commit, in the middle of a zarr
+write); the same command is then run again. Afterwards `verify` finds nothing wrong, nothing
+registered is lost, and the results equal an uninterrupted run's (identical embedding arrays,
+identical train folds for the same seed, the same pretrained encoder).
 
-The uninterrupted baselines and the re-runs use the library in this process (same code as
-the CLI, without paying a process start each time); only the runs that are killed are
-subprocesses. One tiny synthetic cohort: 6 slides of 3 cases, 768 px.
+The killed processes are forked from this one (no seconds spent importing torch again); the
+uninterrupted baselines and the re-runs use the library in this process.
 """
-from __future__ import annotations
-
-import os
-import shutil
-import signal
-import subprocess
-import sys
-
 import numpy as np
-import pytest
 
 from histstore.store import Store
 
-SPEC = dict(target_mpp=1.0, tile_size=64)
-EMBED = dict(allow_random=True, stain_norm="none", workers=0, precision="fp32", batch_size=16,
-             show_progress=False)
-EMBED_CLI = ["embed", "--encoder", "resnet18", "--cohort", "c", "--random-init", "--stain-norm", "none",
-             "--workers", "0", "--precision", "fp32", "--batch-size", "16", "--device", "cpu"]
-TRAIN = dict(cohort="c", task="tumor", folds=3, epochs=2, seed=7, device="cpu")
-PRETRAIN = dict(cohort="c", method="adco", steps=4, batch_size=16, checkpoint_every=2, log_every=1,
-                device="cpu", amp="off", lr=0.03, workers=0)
-PRETRAIN_CLI = ["pretrain", "--cohort", "c", "--method", "adco", "--steps", "4", "--batch-size", "16",
-                "--checkpoint-every", "2", "--log-every", "1", "--device", "cpu", "--amp", "off",
-                "--workers", "0"]
-
-
-def killed_at(store: Store, fault: str, *args: str) -> None:
-    """Run `histstore ARGS` in a subprocess that dies (SIGKILL) at fault point `fault`."""
-    env = {**os.environ, "HISTSTORE_FAULT": fault, "HISTSTORE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "histstore", "--store", str(store.root), *args],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == -signal.SIGKILL, f"not killed at {fault}: rc {r.returncode}\n{r.stderr[-2000:]}"
-
-
-def copy_store(template: Store, dest) -> Store:
-    shutil.copytree(template.root, dest / "store")
-    return Store(dest / "store")
-
-
-def q(store: Store, sql: str, *params):
-    with store.read() as conn:
-        return conn.exec_driver_sql(sql, params).all()
-
-
-def assert_verify_clean(store: Store) -> None:
-    from histstore.verify import verify
-
-    rep = verify(store, show_progress=False)
-    assert rep.ok, [p.line() for p in rep.problems]
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from histstore.wsi.synth import synth_cohort
-
-    return synth_cohort(tmp_path_factory.mktemp("faults-slides"), n_slides=6, seed=3, size=(768, 768))
-
-
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory, cohort):
-    """Uninterrupted baselines: 'ingested' (slides + labels), 'embedded' (+ one embedding
-    set), and on a copy of 'embedded' a train run and a pretraining run."""
-    from histstore.embed import embed
-    from histstore.ingest import ingest
-    from histstore.labels import import_labels
-    from histstore.pretrain import PretrainSettings, pretrain
-    from histstore.train import TrainSettings, train
-    from histstore.wsi.tiling import TilingSpec
-
-    base = tmp_path_factory.mktemp("faults-stages")
-    ingested, _ = Store.init(base / "ingested")
-    ingest(ingested, cohort.manifest, TilingSpec(**SPEC), cohort="c", workers=1, show_progress=False)
-    import_labels(ingested, cohort.labels, "tumor")
-    embedded = Store(shutil.copytree(ingested.root, base / "embedded"))
-    embed(embedded, "resnet18", "c", **EMBED)
-    results = Store(shutil.copytree(embedded.root, base / "results"))
-    run = train(results, TrainSettings(**TRAIN), show_progress=False).run_id
-    pre = pretrain(results, PretrainSettings(**PRETRAIN), show_progress=False)
-    return {"ingested": ingested, "embedded": embedded, "results": results, "train_run": run,
-            "pretrain": pre}
+from .conftest import (EMBED, EMBED_CLI, PRETRAIN, PRETRAIN_CLI, SPEC, TRAIN_CLI, assert_verify_clean, copy_store,
+                       killed_at, q)
 
 
 def _tiles(store):
@@ -149,8 +74,7 @@ def test_train_killed_in_a_fold_commit_resumes_to_the_same_folds(tmp_path, stage
     from histstore.train import resume
 
     store = copy_store(stages["embedded"], tmp_path)
-    killed_at(store, "train.mid_commit:2", "train", "--cohort", "c", "--task", "tumor", "--folds", "3",
-              "--epochs", "2", "--seed", "7", "--device", "cpu")
+    killed_at(store, "train.mid_commit:2", *TRAIN_CLI)
     (run_id, status), = q(store, "SELECT run_id, status FROM runs WHERE kind = 'train'")
     assert status == "running" and q(store, "SELECT DISTINCT fold FROM predictions") == [(0,)]
     rep = resume(store, run_id, show_progress=False)
