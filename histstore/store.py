@@ -89,6 +89,7 @@ class _ProcessState:
 
 
 _STATES: dict[str, _ProcessState] = {}
+_ENGINES: dict[tuple[str, bool], sa.Engine] = {}
 _STATES_LOCK = threading.Lock()
 
 
@@ -282,21 +283,24 @@ class Store:
                     st.active = None
 
     def _engine(self, read_only: bool) -> sa.Engine:
-        args = {"read_only": True, "config": dict(READ_ONLY_CONFIG)} if read_only else {}
-        return sa.create_engine(f"duckdb:///{self.catalog_path}", poolclass=NullPool,
-                                connect_args=args)
+        """One engine per catalog and mode for the process (NullPool: it keeps no connection,
+        so nothing stays locked; caching it saves SQLAlchemy's dialect set-up per access)."""
+        key = (str(self.catalog_path), read_only)
+        with _STATES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                args = {"read_only": True, "config": dict(READ_ONLY_CONFIG)} if read_only else {}
+                engine = _ENGINES[key] = sa.create_engine(f"duckdb:///{self.catalog_path}",
+                                                          poolclass=NullPool, connect_args=args)
+        return engine
 
     @contextmanager
     def _connect(self, read_only: bool, what: str, wait: float, quiet: bool = False) -> Iterator[sa.Connection]:
-        engine = self._engine(read_only)
+        conn = self._open_waiting(self._engine(read_only), what, wait, quiet)
         try:
-            conn = self._open_waiting(engine, what, wait, quiet)
-            try:
-                yield conn
-            finally:
-                conn.close()
+            yield conn
         finally:
-            engine.dispose()
+            conn.close()
 
     def _open_waiting(self, engine: sa.Engine, what: str, wait: float, quiet: bool) -> sa.Connection:
         """Open, retrying while another process holds the file: backoff from tens of ms up to
