@@ -232,7 +232,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
         if todo:
             with store.read() as conn:
                 slides = load_slide_tiles(conn, todo, key)
-            with Heartbeat(store, run_id) as beat, \
+            with Heartbeat(store, run_id, start_later=True) as beat, \
                     run_outcome(store, run_id, "run the same `histstore embed` again to continue"):
                 report.n_embedded, report.n_tiles = _run(
                     store, info, slides, model, dev, amp_dtype, stain_norm, batch_size, workers, dtype,
@@ -289,8 +289,10 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
     registered = 0
     bar = progress_bar(total=total, desc=f"embed {info.name}", unit="tile", disable=not show_progress)
     try:
+        batches = iter(loader)  # forks the tile readers (if any) ...
+        beat.start()            # ... before the heartbeat thread exists
         with torch.inference_mode():
-            for tiles, index in loader:
+            for tiles, index in batches:
                 x = preprocess(tiles, device=dev)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)

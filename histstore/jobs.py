@@ -58,12 +58,19 @@ class Heartbeat:
     did so meanwhile. Best effort: it skips a beat rather than wait for a busy catalog, never
     holds it longer than one tiny UPDATE, and stops when the block ends."""
 
-    def __init__(self, store, run_id: int, interval: float = HEARTBEAT_S):
+    def __init__(self, store, run_id: int, interval: float = HEARTBEAT_S, start_later: bool = False):
+        """start_later: the thread starts at `start()` - after a job has forked its tile-reading
+        workers, so that they are not forked from a process with a second thread."""
         self.store, self.run_id, self.interval = store, int(run_id), float(interval)
         self._stop = threading.Event()
         self._last = time.monotonic()
+        self._start_later = start_later
         self._thread = threading.Thread(target=self._loop, name=f"histstore-heartbeat-{run_id}",
                                         daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
 
     def touch(self) -> None:
         """A commit just refreshed the heartbeat."""
@@ -87,10 +94,12 @@ class Heartbeat:
                 self.beat()
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        if not self._start_later:
+            self.start()
         return self
 
     def __exit__(self, *exc) -> bool:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         return False
