@@ -66,6 +66,45 @@ def pass_store(f):
     return wrapper
 
 
+class RegistryChoice(click.Choice):
+    """A Choice among the names of a library registry (MIL models, pretraining methods,
+    backbones), read from the registry when the command parses or shows its help: importing
+    the CLI does not import the registry's torch modules, and the names have one source."""
+
+    def __init__(self, load_names):
+        self._load_names = load_names
+        self._names: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load_names())
+        return self._names
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns; the registry decides
+        pass
+
+
+def mil_model_names() -> list[str]:
+    from histstore.mil.models import model_names
+
+    return model_names()
+
+
+def pretrain_method_names() -> list[str]:
+    from histstore.encoders.methods import METHODS
+
+    return list(METHODS)
+
+
+def backbone_names() -> list[str]:
+    from histstore.encoders.backbones import ARCHS
+
+    return list(ARCHS)
+
+
 def format_option(default: str = "table"):
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default,
                         show_default=True, help="Output format for rows.")
