@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histstore.mil.bags import pack_bags, resolve_device
+from histstore.devices import resolve_device
+from histstore.mil.bags import pack_bags
 from histstore.mil.trainer import TrainConfig, train_fold
 
 DIM = 1024

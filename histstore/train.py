@@ -29,8 +29,6 @@ from histstore.runs import create_run, end_run, require_run, run_outcome, write_
 from histstore.store import Store, transaction
 from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
 
-MODELS = ("gated-attention", "attention", "mean", "max", "dsmil", "mil-rnn")
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -277,7 +275,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
                          notes=list(p.notes))
     bags = load_bags(store, conn, p.info, p.slide_ids)
-    from histstore.mil.bags import resolve_device
+    from histstore.devices import resolve_device
 
     device = resolve_device(s.device)
     remaining = splits.n_folds - len(done)
@@ -325,8 +323,10 @@ def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
 
 
 def train(store: Store, s: TrainSettings, show_progress: bool = True) -> TrainReport:
-    if s.model not in MODELS:
-        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(MODELS)}")
+    from histstore.mil.models import model_names
+
+    if s.model not in model_names():
+        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(model_names())}")
     if s.folds < 2:
         raise InvalidInput("--folds must be >= 2")
     with store.writer() as conn:

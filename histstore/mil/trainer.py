@@ -17,7 +17,6 @@ take fewer optimiser steps per epoch (a different schedule), for throughput on a
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from histstore.devices import autocast, resolve_device
 from histstore.errors import InvalidInput
-from histstore.mil.bags import DTYPES, PackedBags, pack_bags, resolve_device
+from histstore.mil.bags import DTYPES, PackedBags, pack_bags
 from histstore.mil.metrics import Metrics, classification_metrics, regression_metrics
 from histstore.mil.models import MILModel, MILOutput, build_model, check_model_settings
 from histstore.mil.splits import Splits, make_splits
@@ -182,7 +182,7 @@ def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tile
     for chunk in _tile_chunks(bags.lengths[idx], eval_tiles):
         part = idx[chunk]
         x, seg = bags.batch(part)
-        with _autocast(bags.device, amp):
+        with autocast(bags.device.type, _amp_dtype(bags.device, amp)):
             out = model.forward_segments(x.float() if not amp else x, seg, len(part))
         logits.append(out.logits.float())
         aux_weight = out.aux_weight
@@ -210,10 +210,9 @@ def _tile_chunks(lengths: np.ndarray, budget: int) -> Iterator[slice]:
         yield slice(start, len(lengths))
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """TrainConfig.amp: bf16 autocast on CUDA; full precision elsewhere."""
+    return torch.bfloat16 if amp and device.type == "cuda" else None
 
 
 def bag_losses(logits: Tensor, aux_logits: Tensor | None, aux_weight: float, y: Tensor,
@@ -384,7 +383,7 @@ def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed: PackedBags
                      for j, i in enumerate(idx)]
         opt.zero_grad(set_to_none=True)
         for x, seg, n, pos in parts:
-            with _autocast(dev, config.amp):
+            with autocast(dev.type, _amp_dtype(dev, config.amp)):
                 out: MILOutput = model.forward_segments(x if config.amp else x.float(), seg, n)
             losses = bag_losses(out.logits, out.aux_logits, out.aux_weight,
                                 y_dev[order_dev[pos]], config.task, class_w)
