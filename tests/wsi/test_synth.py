@@ -182,9 +182,9 @@ def test_windows_render_identically():
 def test_streamed_bigtiff_path(tmp_path, monkeypatch):
     """The large-slide path (BigTIFF, reduced levels in a memory map) on a small slide, with
     sizes that are not multiples of the tile."""
-    import histstore.wsi.synth as synth
+    import histstore.wsi.synth.tiff as synth_tiff
 
-    monkeypatch.setattr(synth, "_BIG_PIXELS", 1000)
+    monkeypatch.setattr(synth_tiff, "_BIG_PIXELS", 1000)
     s = synth_slide(tmp_path / "big.tiff", size=(1900, 1300), mpp=0.25, seed=2, tumor=True,
                     downsamples=(1, 4, 16))
     assert not list(tmp_path.glob(".synth-*"))  # temporary maps removed
