@@ -39,7 +39,8 @@ from torch import nn
 
 from histstore.devices import resolve_device
 from histstore.mil.bags import pack_bags
-from histstore.mil.trainer import TrainConfig, train_fold
+from histstore.mil.train_config import TrainConfig
+from histstore.mil.trainer import train_fold
 
 DIM = 1024
 

@@ -156,7 +156,7 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
 
 
 def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
-    from histstore.mil.trainer import TrainConfig
+    from histstore.mil.train_config import TrainConfig
 
     cfg = {"dropout": s.dropout} if s.dropout else {}
     return TrainConfig(model=s.model, model_cfg=cfg,
@@ -236,7 +236,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
                 show_progress: bool = True) -> TrainReport:
     from histstore.embeddings.bags import load_bags
     from histstore.mil.splits import make_splits, splits_from_rows
-    from histstore.mil.trainer import run_cv
+    from histstore.mil.cross_validation import run_cv
 
     t0 = time.perf_counter()
     p = prepare(conn, s, spec)
