@@ -17,8 +17,8 @@ Steps (median of `repeats` calls each):
   patches     the approach the issue complains about, for contrast: one matplotlib Rectangle
               per tile over the same thumbnail, then the PNG (timed once)
 
-    python benchmarks/bench_heatmap.py --quick
-    python benchmarks/bench_heatmap.py --json heatmap.json
+    python -m benchmarks.bench_heatmap --quick
+    python -m benchmarks.bench_heatmap --json heatmap.json
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 
 def _setup(root: Path, quick: bool, seed: int):
     from histstore.ingest import ingest
-    from histstore.reports.fixtures import plant_run
     from histstore.store import Store
     from histstore.wsi.synth import synth_slide, tumor_fraction_of_tiles
     from histstore.wsi.tiling import TilingSpec
+    from tests.support.planted_runs import plant_run
 
     px, target_mpp, tile = SIZES[quick]
     slide = synth_slide(root / "BENCH-0001-01Z.tiff", size=(px, px), mpp=0.5, seed=seed, tumor=True,

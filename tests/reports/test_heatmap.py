@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from histstore.errors import InvalidInput, MissingStep, NotFound, NotTested, SlideNotFound
-from histstore.reports.fixtures import plant_run, register_slide_without_pixels
 from histstore.reports.heatmap import render_heatmap
 from histstore.reports.raster import normalise, paint_tiles
+from tests.support.planted_runs import plant_run, register_slide_without_pixels
 
 
 def _q(store, sql, *params):
