@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.cohorts import cohort_slide_ids
+from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)

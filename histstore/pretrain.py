@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histstore.cohorts import cohort_slide_ids
+from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embed import choose_tiling
 from histstore.encoder_catalog import find_encoder, register_encoder
 from histstore.errors import EmptyCohort, InvalidInput, NotFound

@@ -21,11 +21,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
-from histstore.cohorts import cohort_slide_ids, require_cohort
+from histstore.catalog.cohorts import cohort_slide_ids, require_cohort
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.progress import progress_bar
-from histstore.runs import create_run, end_run, require_run, run_outcome, write_metrics
+from histstore.catalog.runs import require_run
+from histstore.runs import create_run, end_run, run_outcome, write_metrics
 from histstore.store import Store, transaction
 from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.cohorts import add_to_cohort, check_cohort_name
+from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, resolve_set, set_status)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.sources import default_case_id
+from histstore.barcodes import default_case_id
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.interop import checks, formats
 from histstore.keys import settings_key
