@@ -64,6 +64,14 @@ def test_files_and_ids(synth6):
     assert all(0 <= float(r["p_adj"]) <= 1 for r in fc)
 
 
+def test_csv_files_end_lines_with_lf(synth6):
+    """manifest, labels and fold changes end every line with a bare "\n" (no CRLF)."""
+    for path in (synth6.manifest, synth6.labels, synth6.foldchanges):
+        data = path.read_bytes()
+        assert b"\r" not in data, path.name
+        assert data.endswith(b"\n") and data.count(b"\n") == len(_rows(path)) + 1, path.name
+
+
 def test_openslide_reads_them_with_mpp(synth6):
     for s in synth6.slides:
         with open_slide(s.path) as r:

@@ -120,13 +120,13 @@ def synth_cohort(
 
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "slide_id", "case_id"])
         for s in slides:
             w.writerow([s.path.name, s.slide_id, s.case_id])
     labels = out / "labels.csv"
     with labels.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["slide_id", "tumor"])
         for s in slides:
             w.writerow([s.slide_id, "tumor" if s.tumor else "normal"])
@@ -135,7 +135,7 @@ def synth_cohort(
     base = {g: float(gene_rng.normal(0, 0.3)) for g, _, _ in GENES}
     foldchanges = out / "foldchanges.csv"
     with foldchanges.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["case_id", "gene", "log2_fold_change", "p_adj"])
         for c in case_ids:
             lfc = np.array(
