@@ -94,3 +94,19 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [])
     assert cycles == []
+
+
+def test_cli_choices_are_the_registries_and_need_no_torch_at_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, histstore.cli.main as m; assert 'torch' not in sys.modules, 'torch at CLI import'; "
+            "opts = {p.name: p for c in (m.main.commands['train'], m.main.commands['pretrain']) for p in c.params}; "
+            "print(list(opts['model'].type.choices), list(opts['method'].type.choices), "
+            "list(opts['arch'].type.choices))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from histstore.encoders.backbones import ARCHS
+    from histstore.encoders.methods import METHODS
+    from histstore.mil.models import model_names
+
+    assert out.strip() == f"{model_names()} {list(METHODS)} {list(ARCHS)}"
