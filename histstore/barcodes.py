@@ -1,4 +1,4 @@
-"""TCGA barcodes: the patient (case) a TCGA slide belongs to, and its sample type."""
+"""TCGA barcodes: the pattern (patient and sample type) and the default case id of a slide."""
 from __future__ import annotations
 
 import re
