@@ -22,17 +22,16 @@ import pandas as pd
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
-from histstore.cohorts import cohort_slide_ids, require_cohort
+from histstore.catalog.cohorts import cohort_slide_ids, require_cohort
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.faults import fault_point
 from histstore.jobs import Heartbeat, mark_running, record_progress
 from histstore.progress import progress_bar
-from histstore.runs import create_run, end_run, refuse_if_alive, require_run, run_outcome, write_metrics
+from histstore.catalog.runs import require_run
+from histstore.runs import create_run, end_run, refuse_if_alive, run_outcome, write_metrics
 from histstore.store import Store
 from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
-
-MODELS = ("gated-attention", "attention", "mean", "max", "dsmil", "mil-rnn")
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
 
 
 def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
-    from histstore.mil.trainer import TrainConfig
+    from histstore.mil.train_config import TrainConfig
 
     cfg = {"dropout": s.dropout} if s.dropout else {}
     return TrainConfig(model=s.model, model_cfg=cfg,
@@ -178,7 +177,7 @@ def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tup
 
     import torch
 
-    from histstore.encoders.checkpoint import sha256_file
+    from histstore.hashing import sha256_file
 
     ckpt_rel = f"checkpoints/runs/{run_id}/fold{int(result.fold)}.pt"
     path = store.resolve(ckpt_rel)
@@ -262,7 +261,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                 notify: Callable[[str], None] | None = None) -> TrainReport:
     from histstore.embeddings.bags import bag_index, read_bags
     from histstore.mil.splits import make_splits, splits_from_rows
-    from histstore.mil.trainer import run_cv
+    from histstore.mil.cross_validation import run_cv
 
     t0 = time.perf_counter()
     with store.read() as conn:
@@ -312,7 +311,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
                          notes=list(p.notes))
     bags = read_bags(store, p.info, index)
-    from histstore.mil.bags import resolve_device
+    from histstore.devices import resolve_device
 
     device = resolve_device(s.device)
     remaining = splits.n_folds - len(done)
@@ -372,8 +371,10 @@ def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
 def train(store: Store, s: TrainSettings, show_progress: bool = True,
           notify: Callable[[str], None] | None = None) -> TrainReport:
     """notify(line): told how many slides and cases the cohort gives, before training."""
-    if s.model not in MODELS:
-        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(MODELS)}")
+    from histstore.mil.models import model_names
+
+    if s.model not in model_names():
+        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(model_names())}")
     if s.folds < 2:
         raise InvalidInput("--folds must be >= 2")
     with store.session():

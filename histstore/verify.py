@@ -194,7 +194,7 @@ def _check_checkpoints(store: Store, rows, quick: bool, found, report: VerifyRep
             continue
         if quick or not sha:
             continue
-        from histstore.encoders.checkpoint import sha256_file
+        from histstore.hashing import sha256_file
 
         got = sha256_file(path)
         if got != sha:
