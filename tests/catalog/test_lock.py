@@ -5,14 +5,14 @@ import subprocess
 import sys
 import textwrap
 
-# holds the catalog read-write (exclusive mode) until stdin closes or `seconds` pass
+# holds the catalog read-write (exclusive mode) until a line arrives on stdin (or it closes)
 HOLD = textwrap.dedent("""
-    import sys, time
+    import sys
     from histstore.store import Store
     store = Store.open(sys.argv[2], exclusive=True)
     with store.session():
         print("locked", flush=True)
-        time.sleep(float(sys.argv[3]))
+        sys.stdin.readline()
 """)
 
 
@@ -21,17 +21,17 @@ def _histstore(store, *args, timeout=60):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _hold(store, seconds):
+def _hold(store):
     script = store.root.parent / "hold.py"
     script.write_text(HOLD)
-    holder = subprocess.Popen([sys.executable, str(script), "hold-marker", str(store.root), str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, str(script), "hold-marker", str(store.root)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
 
 def test_busy_catalog_times_out_with_one_line_naming_the_holder(store):
-    holder = _hold(store, 30)
+    holder = _hold(store)
     try:
         for args in (["sql", "--write", "SELECT 1"], ["sql", "SELECT 1"], ["status"]):
             r = _histstore(store, "--wait", "0.3", *args)
@@ -47,16 +47,20 @@ def test_busy_catalog_times_out_with_one_line_naming_the_holder(store):
 
 
 def test_waiting_command_gets_through_when_the_holder_is_done(store):
-    holder = _hold(store, 2.5)
+    holder = _hold(store)
+    reader = subprocess.Popen([sys.executable, "-m", "histstore", "--store", str(store.root), "sql",
+                               "SELECT 42 AS answer", "--format", "csv"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        r = _histstore(store, "sql", "SELECT 42 AS answer", "--format", "csv")
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.splitlines()[-1] == "42"
-        waiting = [ln for ln in r.stderr.splitlines() if "waiting" in ln]
-        assert len(waiting) == 1  # said once, naming the holder
-        assert f"PID {holder.pid}" in waiting[0] and "hold-marker" in waiting[0]
+        waiting = reader.stderr.readline()  # the reader says who it waits for ...
+        assert "waiting" in waiting and f"PID {holder.pid}" in waiting and "hold-marker" in waiting
     finally:
+        holder.stdin.close()  # ... then the holder finishes
         holder.wait()
+    out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    assert out.splitlines()[-1] == "42"
+    assert "waiting" not in err  # said once
 
 
 def test_concurrent_readers_and_lock_release(store):
