@@ -295,8 +295,11 @@ async def compare_page(request: Request):
 async def sql_page(request: Request):
     st = _state(request)
     if request.method == "POST":
-        form = await request.form()
-        query = str(form.get("q") or "")
+        # the form posts application/x-www-form-urlencoded (no multipart parser needed)
+        from urllib.parse import parse_qs
+
+        body = (await request.body()).decode("utf-8", errors="replace")
+        query = (parse_qs(body).get("q") or [""])[0]
     else:
         query = request.query_params.get("q") or ""
     table = error = None

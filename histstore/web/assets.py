@@ -36,11 +36,9 @@ def install_hint() -> str:
 
 
 def _candidates() -> list[Path]:
-    out = []
-    if os.environ.get(ENV_VAR):
-        out.append(Path(os.environ[ENV_VAR]).expanduser())
-    out += [CHECKOUT / _BUILD, Path.cwd() / _BUILD]
-    return out
+    if os.environ.get(ENV_VAR):  # the user's choice, and only it
+        return [Path(os.environ[ENV_VAR]).expanduser()]
+    return [CHECKOUT / _BUILD, Path.cwd() / _BUILD]
 
 
 def find_openseadragon() -> Path:
