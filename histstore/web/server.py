@@ -57,7 +57,9 @@ def serve_in_thread(app, host: str = DEFAULT_HOST, start_timeout: float = 20.0) 
 
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets; without it Nagle's
+    # algorithm and the client's delayed ACK add ~40 ms to every response
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

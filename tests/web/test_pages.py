@@ -84,3 +84,27 @@ def test_sql_page_table_and_downloads(client, web):
     import pyarrow.parquet as pqm
 
     assert pqm.read_table(io.BytesIO(pq.content)).column_names == ["slide_id", "status"]
+
+
+def test_web_process_never_imports_torch(web):
+    """Pages, the viewer's overlay and tiles: all without torch (fast start, small memory beside
+    the jobs; the report's drawing code is the torch-free `histstore report`'s)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from starlette.testclient import TestClient
+from histstore.store import Store
+from histstore.web.app import create_app
+app = create_app(Store({str(web.store.root)!r}), {str(web.viewer_dir)!r}, allowed_hosts=["testserver"])
+with TestClient(app) as c:
+    for url in ["/", "/runs/{web.run_id}", "/slides/{web.tumour}/view",
+                "/api/slides/{web.tumour}/attention/overlay.png?run={web.run_id}&fold=0",
+                "/dzi/{web.tumour}_files/11/1_1.jpeg", "/sql?q=select%201"]:
+        assert c.get(url).status_code == 200, url
+assert "torch" not in sys.modules, [m for m in sys.modules if m.startswith("torch")][:5]
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
