@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,29 @@ def as_int(value: Any, what: str) -> int:
         return int(text)
     except (TypeError, ValueError):
         raise InvalidInput(f"{what} must be a whole number, got {str(value)[:40]!r}") from None
+
+
+# ------------------------------------------------------------------------------ SQL
+class _NoFileAccess(Store):
+    """A Store whose read connections cannot reach files (DuckDB's enable_external_access,
+    which cannot be switched back on from SQL): COPY ... TO, read_csv('/any/file'), ATTACH,
+    INSTALL/LOAD are refused. store.read() does this itself once the store is sandboxed
+    (issue 13); setting it again is harmless."""
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        from histstore.catalog.bulk import duckdb_connection
+
+        with super().read() as conn:
+            duckdb_connection(conn).execute("SET enable_external_access = false")
+            yield conn
+
+
+def user_sql(store: Store, query: str) -> pa.Table | None:
+    """A person's SQL from the web app: `histstore sql`'s read-only rules, and no file access."""
+    from histstore.sql import run_sql
+
+    return run_sql(_NoFileAccess(store.root), query)
 
 
 # ------------------------------------------------------------------------------ jobs

@@ -233,15 +233,8 @@ async def run_page(request: Request):
     st = _state(request)
     rid = browse.as_int(request.path_params["run_id"], "run id")
 
-    def load():
-        from histstore.runs import show_run
-
-        run = browse.run_settings(st.store, rid)
-        rep = show_run(st.store, rid) if run["kind"] == "train" else None
-        return run, rep
-
-    run, rep = await run_in_threadpool(load)
-    return _html(request, "run.html", run=run, rep=rep)
+    run = await run_in_threadpool(browse.run_settings, st.store, rid)
+    return _html(request, "run.html", run=run)
 
 
 async def run_report(request: Request):
@@ -305,11 +298,9 @@ async def sql_page(request: Request):
     table = error = None
     seconds = 0.0
     if query.strip():
-        from histstore.sql import run_sql
-
         t0 = time.perf_counter()
         try:
-            table = await run_in_threadpool(run_sql, st.store, query)
+            table = await run_in_threadpool(browse.user_sql, st.store, query)
         except HiststoreError as exc:
             error = exc
         seconds = time.perf_counter() - t0
@@ -319,14 +310,12 @@ async def sql_page(request: Request):
 
 
 async def sql_download(request: Request):
-    from histstore.sql import run_sql
-
     st = _state(request)
     fmt_name = request.path_params["fmt"]
     if fmt_name not in render.DOWNLOADS:
         raise NotFound(f"no download format {fmt_name[:20]!r}; csv or parquet")
     query = _param(request, "q", required=True)
-    table = await run_in_threadpool(run_sql, st.store, query)
+    table = await run_in_threadpool(browse.user_sql, st.store, query)
     if table is None:
         raise InvalidInput("the statement returned no rows to download")
     data = await run_in_threadpool(render.result_file, table, fmt_name)
@@ -432,6 +421,10 @@ async def api_tile_at(request: Request):
     return _json({"tile": tile})
 
 
+async def favicon(request: Request):
+    return Response(status_code=204)
+
+
 async def static_file(request: Request):
     found = _state(request).static.get(request.path_params["name"])
     if found is None:
@@ -501,6 +494,7 @@ def routes() -> list[Route]:
         Route("/dzi/{slide_id}.dzi", dzi),
         Route("/dzi/{slide_id}_files/{level:int}/{col:int}_{row:int}.jpeg", dzi_tile),
         Route("/static/{name:path}", static_file),
+        Route("/favicon.ico", favicon),
         Route("/vendor/openseadragon/{name:path}", vendor_file),
     ]
 

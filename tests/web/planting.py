@@ -75,6 +75,8 @@ def plant_gene_run(store: Store, truth: dict, slide_ids: list[str], cohort: str)
                                                            "planted": True},
                              seed=0, cohort=cohort, task=f"de:{gene}", model="gated-attention", parent_run_id=parent)
             _fill_run(conn, rid, slides, classes)
+            conn.exec_driver_sql("INSERT INTO metrics (run_id, subset, name, value) VALUES "
+                                 "(?, 'cohort', 'mean_abs_log2fc', ?)", (rid, 1.5 if gene == "TP53" else 0.4))
             end_run(conn, rid, "finished")
             children.append(int(rid))
         end_run(conn, parent, "finished")

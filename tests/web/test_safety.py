@@ -108,7 +108,7 @@ def test_sql_box_is_read_only(client, web):
 
 
 def test_sql_box_cannot_touch_files(client, web, tmp_path):
-    """Read-only SQL may read the catalog and nothing else (issue 13 sandboxes store.read())."""
+    """Read-only SQL may read the catalog and nothing else: no file is written or read."""
     target = tmp_path / "out.csv"
     for q in [f"COPY (SELECT 1) TO '{target}'", f"SELECT * FROM read_csv('{web.store.root / 'catalog.duckdb'}')",
               "ATTACH ':memory:' AS m", "INSTALL httpfs"]:
