@@ -69,7 +69,11 @@ def user_sql(store: Store, query: str) -> pa.Table | None:
     """A person's SQL from the web app: `histstore sql`'s read-only rules, and no file access."""
     from histstore.sql import run_sql
 
-    return run_sql(_NoFileAccess(store.root), query)
+    import dataclasses
+
+    # the same store (every field of it, whatever Store holds), with sandboxed reads
+    sandboxed = _NoFileAccess(**{f.name: getattr(store, f.name) for f in dataclasses.fields(store) if f.init})
+    return run_sql(sandboxed, query)
 
 
 # ------------------------------------------------------------------------------ jobs

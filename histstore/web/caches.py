@@ -58,7 +58,7 @@ class ReportCache:
 
     def __init__(self, store, size: int = 16):
         self.store = store
-        self.folder = Path(tempfile.mkdtemp(prefix="histstore-serve-"))
+        self._folder: Path | None = None  # made on the first report drawn
         # a report evicted for a newer drawing of its run: its folder goes too
         self._lru = LRU(size, on_evict=lambda res: shutil.rmtree(res.out_dir, ignore_errors=True))
         self._n = 0
@@ -72,11 +72,16 @@ class ReportCache:
 
         def build():
             with self._lock:
+                if self._folder is None:
+                    self._folder = Path(tempfile.mkdtemp(prefix="histstore-serve-"))
                 self._n += 1
-                out = self.folder / f"run{int(run_id)}-{self._n}"
+                out = self._folder / f"run{int(run_id)}-{self._n}"
             return write_report(self.store, int(run_id), out_dir=out, register=False)
 
         return self._lru.get_or_build(key, build)
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        with self._lock:
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder = None
