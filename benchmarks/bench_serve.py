@@ -134,7 +134,7 @@ def measure_slide(name: str, path: Path, n_warm: int, n_cold: int, seed: int = 0
 
 
 def run(quick: bool = False, keep_slide: Path | None = None) -> list[dict]:
-    from histstore.wsi.sample_data import real_sample_slide
+    from tests.support.sample_slide import real_sample_slide
     from histstore.wsi.synth import synth_slide
 
     n_warm, n_cold = (100, 20) if quick else (400, 60)

@@ -287,7 +287,7 @@ def slide_size(slide: dict, tiles: dict[str, np.ndarray]) -> tuple[int, int]:
 
 def top_tiles(sa, k: int = 10) -> list[dict]:
     """The k most attended tiles of a SlideAttention, most first."""
-    from histstore.reports.heatmap import normalise
+    from histstore.reports.raster import normalise
 
     if not 1 <= int(k) <= MAX_TOP:
         raise InvalidInput(f"k must be between 1 and {MAX_TOP}, got {k}")
@@ -343,7 +343,7 @@ def tile_at(store: Store, slide_id: str, x: float, y: float, tiling_id: int | No
 # ------------------------------------------------------------------------------ runs
 def run_settings(store: Store, run_id: int) -> dict:
     """A run's catalog row (settings decoded) with its embedding set and encoder names."""
-    from histstore.runs import require_run
+    from histstore.catalog.runs import require_run
 
     with store.read() as conn:
         run = require_run(conn, run_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.cohorts import cohort_slide_ids
+from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
@@ -82,7 +82,7 @@ def _resolve_encoder(store: Store, conn: sa.Connection, ref: str, weights: Path 
     import torch
 
     from histstore.encoders.backbones import ARCHS, build_backbone
-    from histstore.encoders.checkpoint import sha256_file
+    from histstore.hashing import sha256_file
 
     info = find_encoder(conn, ref)
     if info is not None:
@@ -130,9 +130,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           dtype: str = "float16", show_progress: bool = True) -> EmbedReport:
     import torch
 
+    from histstore.devices import resolve_amp, resolve_device
     from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_loader
     from histstore.encoders.backbones import preprocess
-    from histstore.encoders.trainer import resolve_amp, resolve_device
 
     if stain_norm not in STAIN_NORMS:
         raise InvalidInput(f"--stain-norm must be one of {', '.join(STAIN_NORMS)}")

@@ -5,8 +5,8 @@ viewer stretches it over the slide and every tile lands on its place. Pixels wit
 are fully transparent; the viewer sets the opacity.
 
 The attention overlay is the PNG heatmap's picture without the slide under it: the same
-within-slide normalisation (`heatmap.normalise`), the same rasteriser (`heatmap.paint_tiles`)
-and the same matplotlib colour map, so the colours in the browser mean what they mean in
+within-slide normalisation (`raster.normalise`), rasteriser (`raster.paint_tiles`) and colour
+map (`raster.colour_map`), so the colours in the browser mean what they mean in
 `histstore heatmap`.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import io
 
 import numpy as np
 
-from histstore.reports.heatmap import SlideAttention, _cmap, normalise, paint_tiles
+from histstore.reports.raster import colour_map, normalise, paint_tiles
+from histstore.reports.slide_attention import SlideAttention
 
 DEFAULT_CMAP = "inferno"      # as `histstore heatmap`
 PX_PER_TILE = 8               # overlay pixels along a tile's side
@@ -44,7 +45,7 @@ def rgba_png(rgba: np.ndarray) -> bytes:
 
 def colour_stops(cmap: str = DEFAULT_CMAP, n: int = 11) -> list[str]:
     """The colour map as n CSS colours from 0 to 1 (a legend drawn with the same map)."""
-    rgb = np.rint(_cmap(cmap)(np.linspace(0.0, 1.0, n))[:, :3] * 255).astype(int)
+    rgb = np.rint(colour_map(cmap)(np.linspace(0.0, 1.0, n))[:, :3] * 255).astype(int)
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb]
 
 
@@ -57,7 +58,7 @@ def attention_overlay(sa: SlideAttention, norm: str = "minmax", cmap: str = DEFA
     heat = paint_tiles(sa.x, sa.y, sa.size_l0, normalise(sa.score, norm), scale, shape)
     covered = np.isfinite(heat)
     rgba = np.zeros((*shape, 4), np.uint8)
-    rgba[covered, :3] = np.rint(_cmap(cmap)(heat[covered])[:, :3] * 255).astype(np.uint8)
+    rgba[covered, :3] = np.rint(colour_map(cmap)(heat[covered])[:, :3] * 255).astype(np.uint8)
     rgba[covered, 3] = 255
     return rgba, heat, scale
 

@@ -345,7 +345,7 @@ async def dzi_tile(request: Request):
 
 
 def _slide_attention(st: ServeState, run_id: int, slide_id: str, fold: int | None):
-    from histstore.reports.heatmap import load_slide_attention
+    from histstore.reports.slide_attention import load_slide_attention
 
     # a fold's attention is written in one transaction and never changes afterwards
     return st.attention.get_or_build((run_id, slide_id, fold),
