@@ -8,7 +8,7 @@ import click
 from histstore import __version__
 from histstore.cli.common import HiststoreGroup
 from histstore.cli import (cohort_cmds, demo_cmds, embed_cmds, ingest_cmds, interop_cmds, label_cmds, pretrain_cmds,
-                           report_cmds, store_cmds, train_cmds)
+                           report_cmds, serve_cmds, store_cmds, train_cmds)
 
 
 @click.group(cls=HiststoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +40,7 @@ for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cm
                 label_cmds.foldchanges, cohort_cmds.cohort, pretrain_cmds.pretrain, embed_cmds.encoders,
                 embed_cmds.embed, embed_cmds.embeddings, train_cmds.train, train_cmds.runs, train_cmds.compare,
                 report_cmds.heatmap, report_cmds.report,
-                interop_cmds.features, interop_cmds.export, demo_cmds.demo):
+                interop_cmds.features, interop_cmds.export, serve_cmds.serve, demo_cmds.demo):
     main.add_command(command)
 
 

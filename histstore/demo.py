@@ -170,6 +170,8 @@ def run_demo(store_root: Path, *, quick: bool = False, n_slides: int | None = No
         echo(f"  histstore --store {store_root} sql \"{sql.format(run=tumour_run, gene_run=gene_run)}\"")
     echo("")
     echo(f"demo finished in {result.seconds:.0f} s; store: {store_root}")
+    echo("look at it in the browser (slides in deep zoom with attention, runs, SQL):")
+    echo(f"  histstore --store {store_root} serve")
     return result
 
 

@@ -385,9 +385,11 @@ def default_report_dir(store: Store, run_id: int) -> Path:
     return run_dir(store, REPORT_DIR, run_id)
 
 
-def write_report(store: Store, run_id: int | str, out_dir: Path | str | None = None) -> ReportResult:
+def write_report(store: Store, run_id: int | str, out_dir: Path | str | None = None,
+                 register: bool = True) -> ReportResult:
     """Write the figures and `report.html` of a train run into out_dir (default
-    `<store>/artifacts/reports/run<id>/`) and register them in `artifacts`."""
+    `<store>/artifacts/reports/run<id>/`) and register them in `artifacts` (register=False:
+    only read the catalog, e.g. `histstore serve` drawing into its own cache folder)."""
     t0 = time.perf_counter()
     d = _load(store, run_id)
     rid = int(d.run["run_id"])
@@ -452,6 +454,7 @@ def write_report(store: Store, run_id: int | str, out_dir: Path | str | None = N
     page = _html(d, res, regression, parts)
     atomic_write(res.html, lambda p: p.write_text(page, encoding="utf-8"))
     artifacts.append(Artifact("report-html", res.html, rid, None, None, f"report of run {rid}"))
-    register_artifacts(store, artifacts)
+    if register:
+        register_artifacts(store, artifacts)
     res.seconds = time.perf_counter() - t0
     return res
