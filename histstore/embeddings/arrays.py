@@ -24,10 +24,12 @@ import zarr
 
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle, measured on real float16 ResNet embeddings (demo store): 0.63 of
-# the raw size at 2.8 GB/s decode, against zstd-3 at 0.68 and 1.4 GB/s (byte shuffle + lz4 did
-# not compress them at all). The codec is recorded in each array's metadata, so arrays
-# written with another codec still read.
+# Blosc lz4 with bit shuffle. On real float16 encoder output (benchmarks/bench_bags.py, codec
+# rows and table in benchmarks/RESULTS.md) it stores a few per cent less than zstd level 3 and
+# decodes faster; byte shuffle + lz4 does not compress such embeddings at all, and random
+# data (the benchmark's cohort-read part) barely compresses with any codec. The layout is not
+# tuned on real cohorts yet. The codec is recorded in each array's metadata, so arrays written
+# with another codec still read.
 COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 

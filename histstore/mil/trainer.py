@@ -10,8 +10,8 @@ Speed: all bags live on the device as one tensor (`PackedBags`): no per-step hos
 copy, one-bag steps use views. A step of several bags (`bags_per_step > 1`) has loss = mean
 of per-bag losses, i.e. the mean of the bags' one-bag gradients, computed either by one
 concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
-time (the CPU default: big concatenated intermediates fall out of cache and were slower
-there). The loss is accumulated on the device and read once per epoch; evaluation runs in
+time (the CPU default: big concatenated intermediates fall out of cache; benchmarks/bench_mil.py
+times both modes). The loss is accumulated on the device and read once per epoch; evaluation runs in
 batches of up to `eval_tiles` tiles. `bags_per_step=1` is the paper's setting; larger values
 take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
 """
@@ -53,8 +53,8 @@ class TrainConfig:
     weight_decay: float = 1e-5          # HistCode
     bags_per_step: int = 1              # HistCode: one slide per step
     # how a step of several bags runs: one concatenated forward ("concat", fastest on a GPU),
-    # or one bag at a time with gradient accumulation ("accumulate", faster on a CPU where
-    # small per-bag tensors stay in cache); both give the same gradient. auto: by device.
+    # or one bag at a time with gradient accumulation ("accumulate", for a CPU where small
+    # per-bag tensors stay in cache; bench_mil times both); same gradient. auto: by device.
     batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
     class_weight: Literal["none", "balanced"] = "none"
     select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC
