@@ -8,7 +8,6 @@ weights are checked to be unchanged.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +129,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           dtype: str = "float16", show_progress: bool = True) -> EmbedReport:
     import torch
 
-    from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_loader
+    from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
     from histstore.encoders.backbones import preprocess
     from histstore.encoders.trainer import resolve_amp, resolve_device
 
@@ -143,9 +142,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     dev = resolve_device(device)
     amp_dtype = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision], dev)
     if workers is None:
-        # on a CPU the readers share cores with the model: two niced workers measured best on
-        # 2 cores (pipeline/forward 0.62 vs 0.56 with one and 0.50 in-process)
-        workers = min(2, os.cpu_count() or 1) if dev.type == "cpu" else 8
+        # on a CPU the reader shares cores with the model: one background thread in this
+        # process beat reader processes (benchmarks/bench_embed.py, reader rows)
+        workers = 0 if dev.type == "cpu" else 8
     t_start = time.perf_counter()
     with store.writer() as conn:
         slide_ids = cohort_slide_ids(conn, cohort)
@@ -187,7 +186,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
         if todo:
             slides = load_slide_tiles(conn, todo, key)
             n_tiles = _run(store, conn, info, slides, model, dev, amp_dtype, stain_norm, batch_size,
-                           workers, dtype, show_progress, preprocess, TileDataset, tile_loader)
+                           workers, dtype, show_progress, preprocess, TileDataset, tile_batches)
             report.n_embedded, report.n_tiles = len(todo), n_tiles
         with transaction(conn):
             if len(finished_slides(conn, info.embedding_set_id)) >= len(slide_ids):
