@@ -23,7 +23,8 @@ RESULTS_MD = HERE / "RESULTS.md"
 FORMAT = 1
 
 
-def load(path: Path = RESULTS_JSON) -> dict:
+def load(path: Path | None = None) -> dict:
+    path = RESULTS_JSON if path is None else path
     if not Path(path).exists():
         return {"format": FORMAT, "benchmarks": {}}
     data = json.loads(Path(path).read_text())
@@ -32,7 +33,8 @@ def load(path: Path = RESULTS_JSON) -> dict:
     return data
 
 
-def dump(data: dict, path: Path = RESULTS_JSON) -> None:
+def dump(data: dict, path: Path | None = None) -> None:
+    path = RESULTS_JSON if path is None else path
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
