@@ -2,7 +2,7 @@
 
 1. Scale (random float16 data; random bits barely compress, so this part says nothing about
    codecs): histstore's zarr arrays read through `load_bags` (catalog lookups included) against
-   the same bytes from raw .npy files, 100 slides of 2,000-10,000 tiles x 1024 (quick: 20).
+   the same bytes from raw .npy files, 100 slides of 2,000-10,000 tiles x 1024 (quick: 8).
    Best of 3 each.
 2. Codecs on real embeddings: the demo's recipe on a synthetic cohort - slides with planted
    tumour, ingest, a short AdCo pretraining of ResNet-18, `histstore embed` with Macenko
@@ -46,7 +46,7 @@ def _cohort_read(quick: bool) -> dict:
     from histstore.embeddings.sets import get_or_create_set, register_array
     from histstore.store import Store
 
-    n_slides, dim = (20, 1024) if quick else (100, 1024)
+    n_slides, dim = (8, 1024) if quick else (100, 1024)
     rng = np.random.default_rng(0)
     sizes = rng.integers(2000, 10000, n_slides)
     with tempfile.TemporaryDirectory() as tmp:

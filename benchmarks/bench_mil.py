@@ -166,7 +166,8 @@ def rows(results: list[dict]):
     out = []
     for name, r in by.items():
         if name.startswith("trainer/"):
-            out.append(Row(f"MIL epoch ({name}, {r['batch_mode']})",
+            label = name if name.endswith(r["batch_mode"]) else f"{name}, {r['batch_mode']}"
+            out.append(Row(f"MIL epoch ({label})",
                            f"{r['seconds_per_epoch']:.2f} s/epoch, {r['n_bags']} bags, {r['n_tiles']:,} tiles x {DIM}",
                            f"plain one-bag-per-step loop {plain:.2f} s/epoch", plain / r["seconds_per_epoch"],
                            "plain / histstore time"))

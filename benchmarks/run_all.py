@@ -58,13 +58,13 @@ def main(argv=None) -> int:
         print(f"\n== {name} ({'quick' if a.quick else 'full'})", file=sys.stderr, flush=True)
         sections[name] = run_one(name, a.quick, command)
         print(f"== {name}: {sections[name]['seconds']:.0f} s", file=sys.stderr, flush=True)
+        if not a.no_write:  # after each benchmark: an interrupted run keeps what it measured
+            render.dump(merge(render.load(), {name: sections[name]}))
+            render.write(render.load())  # from the file, exactly as the check will read it
     failed = [n for n, s in sections.items() if s["error"]]
     for n in failed:
         print(f"FAILED {n}: {sections[n]['error']}", file=sys.stderr)
     if not a.no_write:
-        data = merge(render.load(), sections)
-        render.dump(data)
-        render.write(render.load())  # from the file, exactly as the check will read it
         print(f"wrote {render.RESULTS_JSON} and {render.RESULTS_MD}", file=sys.stderr)
     return 1 if failed else 0
 
