@@ -72,7 +72,7 @@ def _plain_loop(slides, out_dir: Path, amp) -> None:
 
 
 def _stages(slides, model, amp) -> dict:
-    """Each stage alone over all tiles, batch by batch, in this thread (seconds)."""
+    """Each stage alone over all tiles, batch by batch, in this thread: [[stage, seconds], ...]."""
     import torch
 
     from histstore.embeddings import arrays
@@ -110,7 +110,7 @@ def _stages(slides, model, amp) -> dict:
                     w.write(out[i:min(i + BATCH, lo + len(s))])
                 w.commit()
         t["zarr writes"] = time.perf_counter() - t0
-    return t
+    return [[k, v] for k, v in t.items()]  # a list: the order of the stages survives JSON
 
 
 def _writer_blocks(n_rows: int = 10_000, dim: int = 512) -> dict:
@@ -148,7 +148,15 @@ def _profile(fn, top: int = 12) -> list[list]:
     prof.runcall(fn)
     stats = pstats.Stats(prof).stats
     entries = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
-    return [[pstats.func_std_string(func), int(v[1]), round(v[2], 3)] for func, v in entries]
+    return [[_short(pstats.func_std_string(func)), int(v[1]), round(v[2], 3)] for func, v in entries]
+
+
+def _short(name: str) -> str:
+    """A profile entry without this machine's paths: site-packages/... or the repository's."""
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    if "site-packages/" in name:
+        return name[name.index("site-packages/") + len("site-packages/"):]
+    return name.replace(root, "")
 
 
 def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
@@ -266,8 +274,8 @@ def details(results: list[dict]) -> list[str]:
     out = [f"Where the time goes ({r['n_tiles']:,} tiles; each stage alone, one after the other, "
            f"{r['threads']} torch threads; medians of {r['repeats']} for the candidates):", "",
            "| stage | seconds | tiles/s |", "|---|---|---|"]
-    out += [f"| {k} | {v:.2f} | {r['n_tiles'] / v:,.0f} |" for k, v in st.items()]
-    out += [f"| sum of the stages | {sum(st.values()):.2f} | |",
+    out += [f"| {k} | {v:.2f} | {r['n_tiles'] / v:,.0f} |" for k, v in st]
+    out += [f"| sum of the stages | {sum(v for _, v in st):.2f} | |",
             f"| `embed()` end to end, Macenko (reading overlaps the rest) | {pipeline:.2f} | "
             f"{r['n_tiles'] / pipeline:,.0f} |", "",
             "Main thread of one `embed()` call, top entries by own time (cProfile; the reader "
