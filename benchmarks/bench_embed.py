@@ -165,7 +165,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
     from histstore.embed import embed
     from histstore.embeddings.dataset import load_slide_tiles
     from histstore.encoders.backbones import build_backbone, preprocess
-    from histstore.encoders.trainer import resolve_amp
+    from histstore.devices import resolve_amp
     from histstore.ingest import ingest
     from histstore.store import Store
     from histstore.wsi.synth import synth_cohort

@@ -17,8 +17,8 @@ Steps (median of `repeats` calls each):
   patches     the plain matplotlib way, for contrast: one Rectangle per tile over the same
               thumbnail, then the PNG (median of the same number of calls as png)
 
-    python benchmarks/bench_heatmap.py --quick
-    python benchmarks/bench_heatmap.py --json heatmap.json
+    python -m benchmarks.bench_heatmap --quick
+    python -m benchmarks.bench_heatmap --json heatmap.json
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
 
 def _setup(root: Path, quick: bool, seed: int):
     from histstore.ingest import ingest
-    from histstore.reports.fixtures import plant_run
     from histstore.store import Store
     from histstore.wsi.synth import synth_slide, tumor_fraction_of_tiles
     from histstore.wsi.tiling import TilingSpec
+    from tests.support.planted_runs import plant_run
 
     px, target_mpp, tile = SIZES[quick]
     slide = synth_slide(root / "BENCH-0001-01Z.tiff", size=(px, px), mpp=0.5, seed=seed, tumor=True,
@@ -73,10 +73,12 @@ def _patches(store, rid: int, slide_id: str, out: Path) -> None:
     from matplotlib.patches import Rectangle
 
     from histstore.reports.common import new_figure, save_figure
-    from histstore.reports.heatmap import DEFAULT_MAX_SIDE, _background, load_slide_attention, normalise
+    from histstore.reports.heatmap import DEFAULT_MAX_SIDE
+    from histstore.reports.raster import normalise, slide_background
+    from histstore.reports.slide_attention import load_slide_attention
 
     sa = load_slide_attention(store, rid, slide_id)
-    rgb, _, _ = _background(sa, DEFAULT_MAX_SIDE)
+    rgb, _, _ = slide_background(sa, DEFAULT_MAX_SIDE)
     v = normalise(sa.score)
     cmap = matplotlib.colormaps["inferno"]
     fig = new_figure(figsize=(9, 8))
@@ -91,8 +93,9 @@ def _patches(store, rid: int, slide_id: str, out: Path) -> None:
 def run(quick: bool = False, *, repeats: int = 3, seed: int = 0, workdir: str | Path | None = None,
         patches: bool = True) -> list[dict]:
     """Time each step (see module docstring); one dict per step."""
-    from histstore.reports.heatmap import (DEFAULT_MAX_SIDE, _background, load_slide_attention, normalise,
-                                           paint_tiles, render_heatmap)
+    from histstore.reports.heatmap import DEFAULT_MAX_SIDE, render_heatmap
+    from histstore.reports.raster import normalise, paint_tiles, slide_background
+    from histstore.reports.slide_attention import load_slide_attention
 
     tmp = None
     if workdir is None:
@@ -107,14 +110,14 @@ def run(quick: bool = False, *, repeats: int = 3, seed: int = 0, workdir: str | 
         sid = slide.slide_id
         render_heatmap(store, rid, sid, out=root / "warmup.png")  # imports, page cache
         sa = load_slide_attention(store, rid, sid)
-        rgb, scale, _ = _background(sa, DEFAULT_MAX_SIDE)
+        rgb, scale, _ = slide_background(sa, DEFAULT_MAX_SIDE)
         values = normalise(sa.score)
         common = {"n_tiles": n_tiles, "slide_px": f"{slide.width}x{slide.height}",
                   "tile_l0_px": int(sa.size_l0[0]), "thumb_px": f"{rgb.shape[1]}x{rgb.shape[0]}",
                   "repeats": repeats, "setup_s": round(setup_s, 1), "quick": quick}
         steps = {
             "load": lambda: load_slide_attention(store, rid, sid),
-            "thumbnail": lambda: _background(sa, DEFAULT_MAX_SIDE),
+            "thumbnail": lambda: slide_background(sa, DEFAULT_MAX_SIDE),
             "paint": lambda: paint_tiles(sa.x, sa.y, sa.size_l0, values, scale, rgb.shape[:2]),
             "png": lambda: render_heatmap(store, rid, sid, out=root / "heatmap.png"),
             "geojson": lambda: render_heatmap(store, rid, sid, out=root / "heatmap.geojson"),

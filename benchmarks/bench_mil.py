@@ -40,8 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import report
-from histstore.mil.bags import pack_bags, resolve_device
-from histstore.mil.trainer import TrainConfig, train_fold
+from histstore.devices import resolve_device
+from histstore.mil.bags import pack_bags
+from histstore.mil.train_config import TrainConfig
+from histstore.mil.trainer import train_fold
 
 DIM = 1024
 

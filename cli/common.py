@@ -66,6 +66,45 @@ def pass_store(f):
     return wrapper
 
 
+class RegistryChoice(click.Choice):
+    """A Choice among the names of a library registry (MIL models, pretraining methods,
+    backbones), read from the registry when the command parses or shows its help: importing
+    the CLI does not import the registry's torch modules, and the names have one source."""
+
+    def __init__(self, load_names):
+        self._load_names = load_names
+        self._names: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load_names())
+        return self._names
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns; the registry decides
+        pass
+
+
+def mil_model_names() -> list[str]:
+    from histstore.mil.models import model_names
+
+    return model_names()
+
+
+def pretrain_method_names() -> list[str]:
+    from histstore.encoders.methods import METHODS
+
+    return list(METHODS)
+
+
+def backbone_names() -> list[str]:
+    from histstore.encoders.backbones import ARCHS
+
+    return list(ARCHS)
+
+
 def format_option(default: str = "table"):
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default,
                         show_default=True, help="Output format for rows.")
@@ -135,14 +174,7 @@ def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
     if fmt == "table":
         text = render_table(table) + "\n"
     elif fmt == "csv":
-        import io
-
-        import pyarrow.csv as pacsv
-
-        buf = io.BytesIO()
-        if table.num_columns:
-            pacsv.write_csv(_jsonable(table), buf)
-        text = buf.getvalue().decode()
+        text = _csv_text(_jsonable(table)) if table.num_columns else ""
     else:  # json: one array of objects
         text = json.dumps(table.to_pylist(), default=_json_default) + "\n"
     if output is not None:
@@ -150,6 +182,32 @@ def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
     else:
         sys.stdout.write(text)
+
+
+_CSV_SPECIAL = (",", '"', "\n", "\r")
+
+
+def _csv_field(value: str | None) -> str:
+    """Quoted only where CSV needs it, as DuckDB and pandas write: a field holding the
+    delimiter, a quote or a line break. NULL is an empty field; an empty string is "" (as
+    DuckDB writes it) so that the two stay apart."""
+    if value is None:
+        return ""
+    if value == "" or any(c in value for c in _CSV_SPECIAL):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _csv_text(table) -> str:
+    """Rows as CSV with "\n" line ends; values printed as Arrow casts them to text (what
+    pyarrow's CSV writer prints), so that `cut` and `sed` pipelines read plain fields."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = [pc.cast(col, pa.string()).to_pylist() for col in table.columns]
+    lines = [",".join(_csv_field(name) for name in table.column_names)]
+    lines += [",".join(_csv_field(v) for v in row) for row in zip(*cols)]
+    return "\n".join(lines) + "\n"
 
 
 def _jsonable(table):

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import click
 
-from histstore.cli.common import pass_store
+from histstore.cli.common import RegistryChoice, backbone_names, pass_store, pretrain_method_names
 
 
 @click.command()
 @click.option("--cohort", required=True, help="Train on this cohort's tiles.")
-@click.option("--method", type=click.Choice(["adco", "simclr"]), default="adco", show_default=True)
-@click.option("--arch", type=click.Choice(["resnet18", "resnet50-layer3", "resnet50"]), default="resnet18",
+@click.option("--method", type=RegistryChoice(pretrain_method_names), default="adco", show_default=True)
+@click.option("--arch", type=RegistryChoice(backbone_names), default="resnet18",
               show_default=True, help="resnet50-layer3 is HistCode's 1024-d backbone.")
 @click.option("--steps", type=int, help="Optimisation steps (or --epochs).")
 @click.option("--epochs", type=float, help="Passes over the cohort's tiles (or --steps).")

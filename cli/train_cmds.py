@@ -5,9 +5,8 @@ import math
 
 import click
 
-from histstore.cli.common import HiststoreGroup, emit_rows, format_option, pass_store
-
-MODELS = ("gated-attention", "attention", "mean", "max", "dsmil", "mil-rnn")
+from histstore.cli.common import (HiststoreGroup, RegistryChoice, emit_rows, format_option, mil_model_names,
+                                  pass_store)
 
 
 def _fmt_summary(summary: dict) -> str:
@@ -22,7 +21,7 @@ def _fmt_summary(summary: dict) -> str:
 @click.option("--task", help="Label task (e.g. tumor) or gene task (de:TP53, up:KRAS, fc:EGFR); "
                              "with --genes, the kind alone (de, up, down, fc).")
 @click.option("--embeddings", help="Embedding set (name or id) [default: the cohort's only one].")
-@click.option("--model", type=click.Choice(MODELS), default="gated-attention", show_default=True)
+@click.option("--model", type=RegistryChoice(mil_model_names), default="gated-attention", show_default=True)
 @click.option("--genes", help="'drivers' or a comma-separated list: one model per gene under one parent run.")
 @click.option("--folds", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.cohorts import cohort_slide_ids
+from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
@@ -81,7 +81,7 @@ def _resolve_encoder(store: Store, conn: sa.Connection, ref: str, weights: Path 
     import torch
 
     from histstore.encoders.backbones import ARCHS, build_backbone
-    from histstore.encoders.checkpoint import sha256_file
+    from histstore.hashing import sha256_file
 
     info = find_encoder(conn, ref)
     if info is not None:
@@ -129,9 +129,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           dtype: str = "float16", show_progress: bool = True) -> EmbedReport:
     import torch
 
+    from histstore.devices import resolve_amp, resolve_device
     from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
     from histstore.encoders.backbones import preprocess
-    from histstore.encoders.trainer import resolve_amp, resolve_device
 
     if stain_norm not in STAIN_NORMS:
         raise InvalidInput(f"--stain-norm must be one of {', '.join(STAIN_NORMS)}")
@@ -143,7 +143,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     amp_dtype = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision], dev)
     if workers is None:
         # on a CPU the reader shares cores with the model: one background thread in this
-        # process beat reader processes (benchmarks/bench_embed.py, reader rows)
+        # process, so no batch is pickled between processes and no other process competes
+        # with the model's OpenMP threads (bench_embed's "tile reader" row times it against 2
+        # reader processes)
         workers = 0 if dev.type == "cpu" else 8
     t_start = time.perf_counter()
     with store.writer() as conn:

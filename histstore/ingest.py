@@ -17,7 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
-from histstore.cohorts import add_to_cohort, check_cohort_name
+from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
 from histstore.errors import HiststoreError, InvalidInput
 from histstore.keys import settings_key
 from histstore.progress import progress_bar

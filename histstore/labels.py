@@ -1,7 +1,6 @@
 """Slide and case labels: import from a table, or derive tumour/normal from TCGA barcodes."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,14 +8,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from histstore.barcodes import TCGA_BARCODE
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.errors import CohortNotFound, InvalidInput
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
-
-# TCGA barcode: TCGA-TSS-PPPP-SSV-... ; SS = sample type (01-09 tumour, 10-19 normal, 20-29 control)
-TCGA_BARCODE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})-(\d{2})[A-Z]?", re.IGNORECASE)
-
 
 @dataclass
 class LabelImport:
@@ -26,11 +22,6 @@ class LabelImport:
     class_counts: dict[str, int]
     replaced: int = 0
     unlabelled: list[str] = field(default_factory=list)
-
-
-def tcga_case_id(slide_id: str) -> str | None:
-    m = TCGA_BARCODE.match(slide_id)
-    return m.group(1).upper() if m else None
 
 
 def tumor_label_from_barcode(barcode: str) -> str | None:

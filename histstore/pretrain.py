@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histstore.cohorts import cohort_slide_ids
+from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embed import choose_tiling
 from histstore.encoder_catalog import find_encoder, register_encoder
 from histstore.errors import EmptyCohort, InvalidInput, NotFound
@@ -24,8 +24,6 @@ from histstore.progress import progress_bar
 from histstore.runs import create_run, end_run, run_outcome, write_metrics
 from histstore.store import Store, transaction
 
-METHODS = ("adco", "simclr")
-ARCHS = ("resnet18", "resnet50-layer3", "resnet50")
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,9 @@ class PretrainSettings:
     name: str | None = None
 
     def validate(self) -> None:
+        from histstore.encoders.backbones import ARCHS
+        from histstore.encoders.methods import METHODS
+
         if self.method not in METHODS:
             raise InvalidInput(f"--method must be one of {', '.join(METHODS)}")
         if self.arch not in ARCHS:
@@ -106,24 +107,25 @@ def _batches_factory(dataset, batch_size: int, workers: int, stain_norm: str, se
 
 
 def _build_model(s: PretrainSettings, n_tiles: int):
-    from histstore.encoders.adco import AdCo, AdCoConfig
-    from histstore.encoders.simclr import SimCLR, SimCLRConfig
+    from histstore.encoders.methods import method_classes
 
+    model_cls, config_cls = method_classes(s.method)
     if s.method == "adco":
         bank = s.bank_size or int(np.clip(n_tiles // 5, 64, 65536))
-        cfg = AdCoConfig(arch=s.arch, bank_size=bank, t=s.t, t_mem=s.t_mem, lr_mem=s.lr_mem,
+        cfg = config_cls(arch=s.arch, bank_size=bank, t=s.t, t_mem=s.t_mem, lr_mem=s.lr_mem,
                          key_momentum=s.key_momentum, symmetric=s.symmetric)
-        return AdCo(cfg, weights_path=s.weights), asdict(cfg)
-    cfg = SimCLRConfig(arch=s.arch, temperature=s.temperature)
-    return SimCLR(cfg, weights_path=s.weights), asdict(cfg)
+    else:
+        cfg = config_cls(arch=s.arch, temperature=s.temperature)
+    return model_cls(cfg, weights_path=s.weights), asdict(cfg)
 
 
 def pretrain(store: Store, s: PretrainSettings, resume: bool = False, show_progress: bool = True) -> PretrainReport:
     import torch
 
     from histstore.embeddings.dataset import TileDataset, load_slide_tiles
-    from histstore.encoders.checkpoint import save_backbone, sha256_file
+    from histstore.encoders.checkpoint import save_backbone
     from histstore.encoders.trainer import PretrainConfig, pretrain_loop
+    from histstore.hashing import sha256_file
 
     s.validate()
     t0 = time.perf_counter()

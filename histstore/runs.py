@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_arrow
-from histstore.errors import NotFound
+from histstore.catalog.runs import RunReport, read_run_report, require_run
 from histstore.provenance import code_version, host
 from histstore.store import Store
 
@@ -69,23 +68,6 @@ def write_metrics(conn: sa.Connection, run_id: int, rows: list[dict]) -> None:
     insert_frame(conn, "metrics", frame)
 
 
-def require_run(conn: sa.Connection, run_id: int | str) -> dict:
-    try:
-        rid = int(run_id)
-    except (TypeError, ValueError):
-        raise NotFound(f"no run {run_id!r}: runs are numbered", hint="see `histstore runs list`") from None
-    row = conn.exec_driver_sql(
-        "SELECT run_id, parent_run_id, kind, name, cohort, task, model, embedding_set_id, encoder_id, "
-        "settings, seed, code_version, host, status, started_at, finished_at, error FROM runs WHERE run_id = ?",
-        (rid,)).first()
-    if row is None:
-        raise NotFound(f"no run {rid}", hint="see `histstore runs list`")
-    d = dict(row._mapping)
-    if isinstance(d["settings"], str):
-        d["settings"] = json.loads(d["settings"])
-    return d
-
-
 def list_runs(store: Store, kind: str | None = None, cohort: str | None = None) -> pa.Table:
     where, params = [], []
     if kind:
@@ -104,48 +86,9 @@ def list_runs(store: Store, kind: str | None = None, cohort: str | None = None) 
             FROM runs r {cond} ORDER BY r.run_id""", params or None)
 
 
-@dataclass
-class RunReport:
-    run: dict
-    summary: pa.Table                  # metric, mean, sd, n_folds (test subset)
-    per_fold: pa.Table                 # fold x metric (test subset)
-    children: pa.Table | None = None   # multi-gene runs: one row per gene
-    parent_metrics: dict[str, float] = field(default_factory=dict)
-
-
 def show_run(store: Store, run_id: int | str) -> RunReport:
     with store.read() as conn:
-        run = require_run(conn, run_id)
-        rid = run["run_id"]
-        summary = query_arrow(conn,
-            "SELECT metric, mean, sd, n_folds FROM run_summary WHERE run_id = $1 AND subset = 'test' "
-            "ORDER BY metric", [rid])
-        # PIVOT takes no parameters; rid is an int from the catalog
-        per_fold = query_arrow(conn,
-            f"PIVOT (SELECT fold, name, value FROM metrics WHERE run_id = {int(rid)} AND subset = 'test' "
-            "AND step IS NULL AND fold IS NOT NULL) ON name USING first(value) ORDER BY fold")
-        children = None
-        parent_metrics = {}
-        has_children = conn.exec_driver_sql(
-            "SELECT count(*) FROM runs WHERE parent_run_id = ?", (rid,)).scalar()
-        if has_children:
-            children = query_arrow(conn, """
-                SELECT r.run_id, r.task, r.status,
-                       max(CASE WHEN s.metric = 'auc' THEN s.mean END) AS auc,
-                       max(CASE WHEN s.metric = 'auc' THEN s.sd END) AS auc_sd,
-                       max(CASE WHEN s.metric = 'accuracy' THEN s.mean END) AS accuracy,
-                       max(CASE WHEN s.metric = 'pearson' THEN s.mean END) AS pearson,
-                       any_value(m.value) FILTER (WHERE m.name = 'mean_abs_log2fc') AS mean_abs_log2fc,
-                       any_value(m.value) FILTER (WHERE m.name = 'positive_fraction') AS positive_fraction,
-                       any_value(r.error) AS error
-                FROM runs r
-                LEFT JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test'
-                LEFT JOIN metrics m ON m.run_id = r.run_id AND m.fold IS NULL AND m.subset = 'cohort'
-                WHERE r.parent_run_id = $1 GROUP BY r.run_id, r.task, r.status ORDER BY auc DESC NULLS LAST, r.task""",
-                [rid])
-            parent_metrics = dict(conn.exec_driver_sql(
-                "SELECT name, value FROM metrics WHERE run_id = ? AND fold IS NULL", (rid,)).all())
-    return RunReport(run, summary, per_fold, children, parent_metrics)
+        return read_run_report(conn, run_id)
 
 
 def compare_runs(store: Store, run_ids: list[int | str], subset: str = "test") -> pa.Table:

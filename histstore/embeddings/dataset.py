@@ -9,9 +9,8 @@ the reading and normalising overlap with the model.
 `tile_batches` is what embedding iterates: with worker processes (GPU machines: many cores) a
 DataLoader as above; without, `ThreadedTileBatches`, which reads in this process on one
 background thread (OpenSlide decodes with the GIL released) and normalises on the caller's
-thread. On a CPU with few cores that is faster than worker processes: no batch is pickled
-across processes and no second process competes with the model's OpenMP team
-(benchmarks/bench_embed.py times both).
+thread: no batch is pickled across processes and no second process competes with the model's
+OpenMP team, which matters on a CPU with few cores (benchmarks/bench_embed.py times both).
 """
 from __future__ import annotations
 

@@ -9,8 +9,13 @@ and embeds every tile with the frozen backbone. One concept per module:
 - `bank`       : AdCo's adversarial negative bank and its closed-form ascent step
 - `losses`     : AdCo encoder loss, NT-Xent (SimCLR)
 - `augment`    : batched MoCo-v2 + histology augmentations on tensors
+- `contrastive` : what AdCo and SimCLR share (settings checks, the optimiser step)
 - `adco`, `simclr` : the models with their `training_step`
+- `methods`    : the method registry (name -> model class, config class)
 - `schedule`, `checkpoint`, `trainer` : cosine schedule, weights_only checkpoints, the loop
+
+`backbones` is the leaf: it imports nothing else from this package. Device and autocast
+helpers are `histstore.devices`.
 
 Submodules are imported explicitly (`from histstore.encoders.adco import AdCo`); this package
 imports nothing so that importing it stays cheap.

@@ -14,14 +14,15 @@ Before training, `init_bank_step` is called on batches until the bank is full of
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from histstore.encoders.backbones import ARCHS, build_backbone
+from histstore.devices import autocast
+from histstore.encoders.backbones import build_backbone
 from histstore.encoders.bank import AdversarialBank
+from histstore.encoders.contrastive import check_encoder_settings, optimizer_step
 from histstore.encoders.heads import ProjectedEncoder, ProjectionHead
 from histstore.encoders.losses import adco_loss, contrastive_accuracy
 from histstore.encoders.momentum import copy_and_freeze, update_momentum
@@ -45,10 +46,7 @@ class AdCoConfig:
     symmetric: bool = False
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.proj_dim <= 0 or (self.proj_hidden is not None and self.proj_hidden <= 0):
-            raise ValueError("projection dims must be > 0")
+        check_encoder_settings(self.arch, self.proj_hidden, self.proj_dim)
         if not 0 <= self.key_momentum <= 1:
             raise ValueError(f"key_momentum must be in [0, 1], got {self.key_momentum}")
         if not (self.t > 0 and self.t_mem > 0):
@@ -59,31 +57,11 @@ class AdCoConfig:
             raise ValueError("bank lr / weight decay must be >= 0 and momentum in [0, 1)")
 
 
-def autocast(device_type: str, amp_dtype: torch.dtype | None):
-    """torch.autocast when amp_dtype is given, else a no-op context."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=amp_dtype)
-
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
-    """zero_grad, backward, step; through a GradScaler when one is given (fp16 on CUDA)."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-
-
 class AdCo(nn.Module):
     """AdCo model. weights_path: optional local torchvision weights to initialise the backbone
     (HistCode starts from ImageNet weights); without it the backbone starts at random init."""
 
     method = "adco"
-    backbone_prefix = "encoder_q.backbone."
 
     def __init__(self, config: AdCoConfig = AdCoConfig(), weights_path: str | None = None):
         super().__init__()

@@ -10,6 +10,8 @@ Output: float [B, dim].
 Weights never come from the network (no torchvision `weights=` enum is ever passed): either a
 local torchvision state_dict file (e.g. ImageNet weights the user already has), a histstore
 pretraining checkpoint, or a histstore backbone export. Random init needs `allow_random=True`.
+This module is the leaf of `histstore.encoders`: it imports nothing else from the package, so
+it knows the two histstore file formats only as far as finding a backbone's weights in them.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ ARCHS: dict[str, tuple[str, int, int]] = {
 
 # prefixes other tools put in front of torchvision keys (DataParallel, MoCo/AdCo checkpoints)
 _STRIP_PREFIXES = ("module.", "encoder_q.", "backbone.", "model.")
+
+# histstore's weights files (written by `checkpoint`): a training checkpoint and a backbone export
+CHECKPOINT_FORMAT = "histstore-checkpoint"
+BACKBONE_FORMAT = "histstore-backbone"
+# where each pretraining method's checkpoint keeps the query encoder's backbone
+_BACKBONE_PREFIX = {"adco": "encoder_q.backbone.", "simclr": "encoder.backbone."}
 
 
 class ResNetTrunk(nn.Module):
@@ -134,9 +142,7 @@ def _read_state_dict(path: str | os.PathLike, arch: str) -> dict[str, torch.Tens
         raise InvalidInput(f"cannot read weights file {path}: {first[:200]}") from None
     if not isinstance(obj, Mapping):
         raise InvalidInput(f"weights file {path} does not hold a state_dict")
-    if obj.get("format") in ("histstore-checkpoint", "histstore-backbone"):
-        from histstore.encoders.checkpoint import backbone_from_checkpoint
-
+    if obj.get("format") in (CHECKPOINT_FORMAT, BACKBONE_FORMAT):
         saved_arch, state = backbone_from_checkpoint(obj)
         if saved_arch != arch:
             raise InvalidInput(f"{path} holds a {saved_arch} encoder, not {arch}")
@@ -146,6 +152,24 @@ def _read_state_dict(path: str | os.PathLike, arch: str) -> dict[str, torch.Tens
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InvalidInput(f"weights file {path} does not hold a state_dict of tensors")
     return dict(obj)
+
+
+def backbone_from_checkpoint(obj: Mapping) -> tuple[str, dict[str, torch.Tensor]]:
+    """(arch, backbone state_dict) from a loaded training checkpoint or backbone export.
+
+    From a training checkpoint the QUERY encoder's backbone is taken (as MoCo / AdCo do for
+    linear evaluation); the projection head is dropped.
+    """
+    fmt = obj.get("format")
+    if fmt == BACKBONE_FORMAT:
+        return str(obj["arch"]), dict(obj["state_dict"])
+    if fmt == CHECKPOINT_FORMAT:
+        prefix = _BACKBONE_PREFIX.get(obj.get("method"))
+        if prefix is None:
+            raise InvalidInput(f"unknown pretraining method {obj.get('method')!r} in checkpoint")
+        state = {k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)}
+        return str(obj["model_config"]["arch"]), state
+    raise InvalidInput("not a histstore checkpoint or backbone export")
 
 
 def preprocess(

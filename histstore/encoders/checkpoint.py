@@ -10,13 +10,13 @@ saving), so loading never unpickles arbitrary objects:
 
 A backbone export ("histstore-backbone") holds {"arch", "dim", "state_dict", "source_sha256"}:
 the frozen encoder that `histstore embed` uses. `backbones.build_backbone(arch, path)` accepts
-either file. Files are written atomically (temporary file + os.replace): a crash never leaves a
+either file (`backbones.backbone_from_checkpoint` finds the backbone in both). Rebuilding the
+model of a checkpoint is `methods.model_from_checkpoint`. Files are written atomically (temporary file + os.replace): a crash never leaves a
 half-written checkpoint under the final name.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pickle
 import tempfile
@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
+from histstore.encoders.backbones import ARCHS, BACKBONE_FORMAT, backbone_from_checkpoint
+from histstore.encoders.backbones import CHECKPOINT_FORMAT as FORMAT
 from histstore.errors import InvalidInput
+from histstore.hashing import sha256_file
 
-FORMAT = "histstore-checkpoint"
-BACKBONE_FORMAT = "histstore-backbone"
 VERSION = 1
-_PREFIX = {"adco": "encoder_q.backbone.", "simclr": "encoder.backbone."}
 
 
 def as_dict(config: Any) -> dict:
@@ -81,15 +81,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return dict(obj)
 
 
-def model_from_checkpoint(ckpt: Mapping) -> torch.nn.Module:
-    """Rebuild the AdCo / SimCLR model (config from the checkpoint) and load its state."""
-    cls, cfg_cls = _model_classes(ckpt["method"])
-    config = config_from_dict(cfg_cls, ckpt["model_config"])
-    model = cls(config)
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
 def config_from_dict(cls: type, d: Mapping) -> Any:
     """Rebuild a frozen config dataclass; unknown keys -> InvalidInput (newer/older file)."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -107,30 +98,10 @@ def config_from_dict(cls: type, d: Mapping) -> Any:
         raise InvalidInput(f"invalid {cls.__name__} in checkpoint: {e}") from None
 
 
-def backbone_from_checkpoint(obj: Mapping) -> tuple[str, dict[str, torch.Tensor]]:
-    """(arch, backbone state_dict) from a loaded training checkpoint or backbone export.
-
-    From a training checkpoint the QUERY encoder's backbone is taken (as MoCo / AdCo do for
-    linear evaluation); the projection head is dropped.
-    """
-    fmt = obj.get("format")
-    if fmt == BACKBONE_FORMAT:
-        return str(obj["arch"]), dict(obj["state_dict"])
-    if fmt == FORMAT:
-        prefix = _PREFIX.get(obj.get("method"))
-        if prefix is None:
-            raise InvalidInput(f"unknown pretraining method {obj.get('method')!r} in checkpoint")
-        state = {k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)}
-        return str(obj["model_config"]["arch"]), state
-    raise InvalidInput("not a histstore checkpoint or backbone export")
-
-
 def save_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     """Export the frozen backbone of a training checkpoint to `out_path`.
 
     Returns {"arch", "dim", "sha256"} (sha256 of the written export)."""
-    from histstore.encoders.backbones import ARCHS
-
     ckpt = load_checkpoint(checkpoint_path)
     arch, state = backbone_from_checkpoint(ckpt)
     dim = ARCHS[arch][2]
@@ -150,27 +121,7 @@ def read_encoder_arch(path: str | os.PathLike) -> str:
     return backbone_from_checkpoint(obj)[0]
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- internals ---------------------------------------------------------------------------------
-def _model_classes(method: str):
-    if method == "adco":
-        from histstore.encoders.adco import AdCo, AdCoConfig
-
-        return AdCo, AdCoConfig
-    if method == "simclr":
-        from histstore.encoders.simclr import SimCLR, SimCLRConfig
-
-        return SimCLR, SimCLRConfig
-    raise InvalidInput(f"unknown pretraining method {method!r} in checkpoint")
-
-
 def _safe_load(path: str | os.PathLike, map_location) -> Any:
     if not os.path.isfile(path):
         raise InvalidInput(f"checkpoint not found: {path}")

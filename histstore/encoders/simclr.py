@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from histstore.encoders.adco import autocast, optimizer_step
-from histstore.encoders.backbones import ARCHS, build_backbone
+from histstore.devices import autocast
+from histstore.encoders.backbones import build_backbone
+from histstore.encoders.contrastive import check_encoder_settings, optimizer_step
 from histstore.encoders.heads import ProjectedEncoder, ProjectionHead
 from histstore.encoders.losses import contrastive_accuracy, nt_xent, nt_xent_targets
 
@@ -25,17 +26,13 @@ class SimCLRConfig:
     temperature: float = 0.2
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.proj_dim <= 0 or (self.proj_hidden is not None and self.proj_hidden <= 0):
-            raise ValueError("projection dims must be > 0")
+        check_encoder_settings(self.arch, self.proj_hidden, self.proj_dim)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class SimCLR(nn.Module):
     method = "simclr"
-    backbone_prefix = "encoder.backbone."
 
     def __init__(self, config: SimCLRConfig = SimCLRConfig(), weights_path: str | None = None):
         super().__init__()

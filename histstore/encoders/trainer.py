@@ -12,7 +12,6 @@ can skip without reading pixels). The loop calls it again with epoch + 1 when it
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -25,7 +24,8 @@ from typing import Any
 import torch
 
 from histstore.encoders.augment import AugmentConfig, BatchAugment, augmented_view, tiles_to_float, two_views
-from histstore.encoders.checkpoint import as_dict, load_checkpoint, save_checkpoint
+from histstore.devices import resolve_amp, resolve_device
+from histstore.encoders.checkpoint import as_dict, config_from_dict, load_checkpoint, save_checkpoint
 from histstore.encoders.schedule import CosineSchedule
 from histstore.errors import HiststoreError, InvalidInput
 
@@ -63,48 +63,11 @@ class PretrainConfig:
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
         if isinstance(self.augment, dict):  # rebuilt from a checkpoint
-            object.__setattr__(self, "augment", _rebuild(AugmentConfig, self.augment))
+            object.__setattr__(self, "augment", config_from_dict(AugmentConfig, self.augment))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
-        return _rebuild(cls, d)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `amp` on `device` (None = full fp32).
-
-    auto: CUDA -> bf16 if supported else fp16; CPU -> bf16 only when the CPU has native bf16
-    arithmetic (AVX512-BF16 / AMX), where it speeds ResNet convolutions up; else fp32.
-    """
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise InvalidInput("fp16 autocast needs a CUDA device; use amp=bf16 or off on CPU")
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_bf16():
-        return torch.bfloat16
-    return None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return config_from_dict(cls, d)
 
 
 def pretrain_loop(
@@ -292,14 +255,6 @@ def _normalise(d: Any) -> Any:
 def _diff(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return ", ".join(f"{k} (saved {a.get(k)!r}, now {b.get(k)!r})" for k in keys)
-
-
-def _rebuild(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise InvalidInput(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _get_rng(gen: torch.Generator, device: torch.device) -> dict:

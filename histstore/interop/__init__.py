@@ -1,7 +1,8 @@
 """Interoperability: import tile features made by other extractors (CLAM, TRIDENT, foundation
 model scripts) and export features and results in the formats other tools read.
 
-    import_features(store, DIR, name=..., cohort=...)   -> ImportReport   (importer.py)
+    import_features(store, DIR, name=..., cohort=...)   -> ImportReport   (importer.py; planning
+        in import_plan.py, tiling matches in tile_matching.py, zarr writing in feature_writer.py)
     export_features(store, SET, DIR)                     -> FeatureExport  (exporter.py)
     export_predictions(store, RUN, FILE) / export_attention(store, RUN, FILE) -> TableExport
 

@@ -23,12 +23,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import duckdb_connection, query_numpy
+from histstore.catalog.runs import require_run
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import resolve_set
 from histstore.errors import InvalidInput, MissingStep
 from histstore.progress import progress_bar
 from histstore.provenance import code_version
-from histstore.runs import require_run
 from histstore.store import Store
 
 TABLE_FORMATS = ("parquet", "csv")
@@ -64,7 +64,7 @@ def _slides_of_set(conn: sa.Connection, set_id: int, cohort: str | None):
            "WHERE a.embedding_set_id = $1 AND a.status = 'complete'")
     params: list = [set_id]
     if cohort is not None:
-        from histstore.cohorts import require_cohort
+        from histstore.catalog.cohorts import require_cohort
 
         require_cohort(conn, cohort)
         sql += " AND a.slide_id IN (SELECT slide_id FROM cohort_slides WHERE cohort = $2)"

@@ -11,30 +11,28 @@ slides whose array is already registered in the set.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 
-from histstore.catalog.bulk import insert_frame, query_numpy
-from histstore.cohorts import add_to_cohort, check_cohort_name
+from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, resolve_set, set_status)
 from histstore.errors import InvalidInput
 from histstore.interop import checks, formats
+from histstore.interop.feature_writer import write_features
 from histstore.interop.formats import FileProblem
-from histstore.keys import settings_key
+from histstore.interop.import_plan import (PlannedFile, choose_dim_dtype, known_slides, plan_files, probe_all,
+                                           resolve_ids)
+from histstore.interop.tile_matching import (insert_imported_tiling, level_downsamples, match_tiling,
+                                             register_slide_without_pixels)
 from histstore.progress import progress_bar
-from histstore.sources import default_case_id
 from histstore.store import Store, transaction
 
 DTYPES = ("auto", "float16", "float32")
-_BLOCK_ROWS = arrays.DEFAULT_CHUNK_ROWS
 
 
 @dataclass
@@ -93,148 +91,7 @@ class ImportReport:
         return text
 
 
-@dataclass
-class _Planned:
-    path: Path
-    slide_id: str
-
-
-# -- planning (validated whole before anything is written) ---------------------------------------
-
-def _plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[_Planned], int]:
-    from histstore.tabular import read_table, refuse_rows
-
-    files = formats.list_feature_files(directory, fmt)
-    if mapping is None:
-        if not files:
-            raise InvalidInput(f"no .{fmt} feature files in {directory}")
-        planned = [_Planned(p, formats.file_stem(p)) for p in files]
-        ignored = 0
-    else:
-        df = read_table(mapping, required=["file", "slide_id"], what="mapping file")
-        by_name = {p.name: p for p in files}
-        by_stem = {formats.file_stem(p): p for p in files}
-
-        def find(name: str) -> Path | None:
-            if name in by_name:
-                return by_name[name]
-            if name in by_stem:
-                return by_stem[name]
-            p = Path(name) if Path(name).is_absolute() else directory / name
-            return p if p.is_file() else None
-
-        found = [find(f) for f in df["file"]]
-        refuse_rows(mapping, np.array([f is None for f in found]),
-                    f"name a file that is not a .{fmt} file in {directory}")
-        refuse_rows(mapping, df["slide_id"] == "", "have an empty slide_id")
-        refuse_rows(mapping, df["slide_id"].duplicated(keep=False).to_numpy(), "repeat a slide_id")
-        refuse_rows(mapping, pd.Series([str(f) for f in found]).duplicated(keep=False).to_numpy(),
-                    "repeat a file")
-        planned = [_Planned(p, s) for p, s in zip(found, df["slide_id"])]
-        ignored = len(set(files) - set(found))
-    seen: dict[str, Path] = {}
-    for p in planned:
-        if p.slide_id in seen:
-            raise InvalidInput(f"{seen[p.slide_id].name} and {p.path.name} are both slide {p.slide_id}",
-                               hint="give a --mapping CSV (file,slide_id) or remove one")
-        seen[p.slide_id] = p.path
-    return planned, ignored
-
-
-def _known_slides(conn: sa.Connection) -> dict[str, dict]:
-    rows = conn.exec_driver_sql("SELECT slide_id, width, height, path, mpp, status FROM slides").all()
-    return {r[0]: {"width": r[1], "height": r[2], "path": r[3], "mpp": r[4], "status": r[5]} for r in rows}
-
-
-def _resolve_ids(planned: list[_Planned], known: dict, mapped: bool) -> None:
-    """Exported files are named by `arrays.slide_key` (percent-quoting): map such stems back."""
-    if mapped:
-        return
-    for p in planned:
-        if p.slide_id not in known and unquote(p.slide_id) in known:
-            p.slide_id = unquote(p.slide_id)
-
-
-# -- per slide --------------------------------------------------------------------------------
-
-def _level_downsamples(store: Store, slide: dict | None) -> tuple[float, ...] | None:
-    if not slide or not slide.get("path"):
-        return None
-    from histstore.errors import HiststoreError
-    from histstore.wsi.reader import open_slide
-
-    try:
-        with open_slide(store.resolve(slide["path"])) as r:
-            return tuple(r.level_downsamples)
-    except HiststoreError:
-        return None
-
-
-def _match_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, size_l0: int):
-    """(tiling_id, kind, order, None) of an existing tiling of this tile size with exactly these
-    corners (grid tilings first), else (None, None, None, note on the closest miss or None)."""
-    cands = conn.exec_driver_sql(
-        "SELECT tiling_id, kind, n_tiles FROM tilings WHERE slide_id = ? AND size_l0 = ? "
-        "ORDER BY kind = 'grid' DESC, tiling_id", (slide_id, int(size_l0))).all()
-    best = None
-    for tiling_id, kind, n_tiles in cands:
-        t = query_numpy(conn, "SELECT idx, x, y FROM tiles WHERE tiling_id = $1", [tiling_id])
-        order, n_matched = checks.align_to_tiles(xy, t["idx"], t["x"], t["y"])
-        if order is not None:
-            return tiling_id, kind, order, None
-        if best is None or n_matched > best[1]:
-            best = (tiling_id, n_matched, len(t["idx"]))
-    note = None
-    if best is not None and best[1]:
-        note = (f"{best[1]} of {len(xy)} corners are tiles of tiling {best[0]} ({best[2]} tiles): "
-                "not the same set, so a new imported tiling")
-    return None, None, None, note
-
-
-def _insert_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, geom: checks.PatchGeometry,
-                   fmt: str, ff: formats.FeatureFile, mpp: float | None) -> int:
-    defining = {"kind": "imported", "patch_size": geom.patch_size, "patch_level": geom.patch_level,
-                "size_l0": geom.size_l0, "coords": checks.coords_digest(xy)}
-    key = settings_key(defining)
-    settings = {**defining, "source_format": fmt, "source_file": str(ff.path),
-                "coords_file": str(ff.coords_path) if ff.coords_path else None,
-                "size_l0_from": geom.source, "size_l0_exact": geom.exact, "attributes": ff.attrs}
-    target_mpp = (round(mpp * geom.size_l0 / geom.patch_size, 6)
-                  if mpp and geom.exact and geom.patch_size else None)
-    try:
-        overlap = int(float(ff.attrs.get("overlap", 0) or 0))
-    except (TypeError, ValueError):
-        overlap = 0
-    n = len(xy)
-    tiling_id = conn.exec_driver_sql(
-        "INSERT INTO tilings (slide_id, kind, settings_key, settings, target_mpp, tile_size, overlap, "
-        "read_level, read_size, size_l0, n_tiles) VALUES (?, 'imported', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "RETURNING tiling_id",
-        (slide_id, key, json.dumps(settings, default=str), target_mpp, geom.patch_size, overlap,
-         geom.patch_level, geom.patch_size, geom.size_l0, n)).scalar()
-    insert_frame(conn, "tiles", {
-        "tiling_id": np.full(n, tiling_id, np.int64), "slide_id": [slide_id] * n,
-        "idx": np.arange(n, dtype=np.int32), "x": xy[:, 0].astype(np.int64),
-        "y": xy[:, 1].astype(np.int64), "size_l0": np.full(n, geom.size_l0, np.int32)})
-    return tiling_id
-
-
-def _register_slide(conn: sa.Connection, slide_id: str) -> None:
-    case_id = default_case_id(slide_id)
-    conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES (?) ON CONFLICT DO NOTHING", (case_id,))
-    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status) VALUES (?, ?, NULL, 'registered')",
-                         (slide_id, case_id))
-
-
-def _write(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str) -> str:
-    arrays.clear_partials(set_dir, slide_id)
-    with arrays.ArrayWriter(set_dir, slide_id, data.shape[0], data.shape[1], dtype) as w:
-        for start in range(0, data.shape[0], _BLOCK_ROWS):
-            w.write(data[start:start + _BLOCK_ROWS])
-        return w.commit()
-
-
-def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item: _Planned,
+def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item: PlannedFile,
                 slide: dict | None, fmt: str, coords_dir: Path | None, patch_size: int | None,
                 patch_level: int | None, cohort: str, report: ImportReport) -> tuple[FileOutcome, dict]:
     name, sid = item.path.name, item.slide_id
@@ -244,12 +101,12 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
     xy = checks.check_arrays(ff.features, ff.coords, info.dim, width, height)
     geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, None)
     if not geom.exact:
-        ds = _level_downsamples(store, slide)
+        ds = level_downsamples(store, slide)
         if ds is not None:
             geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
     tiling_id, kind, order, note = (None, None, None, None)
     if slide is not None:
-        tiling_id, kind, order, note = _match_tiling(conn, sid, xy, geom.size_l0)
+        tiling_id, kind, order, note = match_tiling(conn, sid, xy, geom.size_l0)
     data = ff.features if order is None else ff.features[order]
     data = np.asarray(data)
     if np.dtype(info.dtype) != data.dtype:
@@ -262,14 +119,14 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
     notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
                          f"{geom.source}, size_l0 = {geom.size_l0}") if n]
     set_dir = info.directory(store)
-    checksum = _write(set_dir, sid, data, info.dtype)
+    checksum = write_features(set_dir, sid, data, info.dtype)
     try:
         with transaction(conn):
             if slide is None:
-                _register_slide(conn, sid)
+                register_slide_without_pixels(conn, sid)
                 report.registered_slides.append(sid)
             if tiling_id is None:
-                tiling_id = _insert_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
+                tiling_id = insert_imported_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
                 what = "new imported tiling"
             else:
                 what = f"matched {kind} tiling"
@@ -284,57 +141,9 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
                        "; ".join(notes) or None), ff.attrs
 
 
-# -- the job ----------------------------------------------------------------------------------
-
 def _existing_set(conn: sa.Connection, name: str) -> EmbeddingSetInfo | None:
     n = conn.exec_driver_sql("SELECT count(*) FROM embedding_sets WHERE name = ?", (name,)).scalar()
     return resolve_set(conn, name) if n else None
-
-
-def _probe_all(planned: list[_Planned], fmt: str) -> tuple[dict[str, formats.Probe], dict[str, str]]:
-    probes, problems = {}, {}
-    for item in planned:
-        try:
-            pr = formats.probe(item.path, fmt)
-            if pr is None:  # pt: read it (memory-mapped when the file allows)
-                pr = _probe_pt(item.path)
-            probes[item.slide_id] = pr
-        except FileProblem as exc:
-            problems[item.slide_id] = str(exc)
-    return probes, problems
-
-
-def _probe_pt(path: Path) -> formats.Probe:
-    import torch
-
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FileProblem(f"unreadable ({formats._one_line(exc)})") from None
-    if isinstance(obj, dict):
-        obj = obj.get("features")
-    if not isinstance(obj, torch.Tensor):
-        raise FileProblem("holds no tensor [N, D] (a tensor, or a dict with 'features')")
-    shape = formats._squeeze_shape(obj.shape)
-    if len(shape) != 2:
-        raise FileProblem(f"features must be [N, D], got shape {list(shape)}")
-    dtype = "float32" if obj.dtype == torch.bfloat16 else str(obj.dtype).replace("torch.", "")
-    return formats.Probe(int(shape[0]), int(shape[1]), dtype)
-
-
-def _choose_dim_dtype(planned, probes: dict[str, formats.Probe], dtype: str) -> tuple[int, str] | None:
-    ok = [probes[p.slide_id] for p in planned if p.slide_id in probes]
-    if not ok:
-        return None
-    counts = Counter(pr.dim for pr in ok)
-    top = max(counts.values())
-    dim = next(pr.dim for pr in ok if counts[pr.dim] == top)  # ties: the first file's
-    if dtype == "auto":
-        dtype = "float16" if all(pr.dtype == "float16" for pr in ok if pr.dim == dim) else "float32"
-    return dim, dtype
 
 
 def import_features(store: Store, directory: Path | str, *, name: str, cohort: str,
@@ -372,11 +181,11 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
             raise InvalidInput(f"{directory} holds both .pt and .npy files", hint="pass --format pt or --format npy")
     elif fmt not in formats.FORMATS:
         raise InvalidInput(f"--format must be one of {', '.join(formats.FORMATS)}")
-    planned, ignored = _plan_files(directory, fmt, Path(mapping) if mapping else None)
+    planned, ignored = plan_files(directory, fmt, Path(mapping) if mapping else None)
 
     with store.writer() as conn:
-        known = _known_slides(conn)
-        _resolve_ids(planned, known, mapping is not None)
+        known = known_slides(conn)
+        resolve_ids(planned, known, mapping is not None)
         unknown = [p.slide_id for p in planned if p.slide_id not in known]
         if unknown and not register_slides:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
@@ -402,11 +211,11 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         skipped = [p for p in planned if p.slide_id in done]
         report.outcomes += [FileOutcome(p.path.name, p.slide_id, "skipped") for p in skipped]
 
-        probes, problems = _probe_all(pending, fmt)
+        probes, problems = probe_all(pending, fmt)
         if existing is not None:
             dim, set_dtype = existing.dim, existing.dtype
         else:
-            chosen = _choose_dim_dtype(pending, probes, dtype)
+            chosen = choose_dim_dtype(pending, probes, dtype)
             dim, set_dtype = chosen if chosen else (None, None)
         todo = []
         for p in pending:

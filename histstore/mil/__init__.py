@@ -8,5 +8,9 @@ One job per module, imported directly (this file imports nothing, so importing
   one interface, `build_model(name, in_dim, n_outputs, **cfg)`.
 - `splits`: k folds grouped by case, stratified by label; train/val inside each fold.
 - `metrics`: per-fold metrics and their mean +- sd across folds (numpy / sklearn / scipy).
-- `trainer`: `train_fold` (one fold, model selection on validation only) and `run_cv`.
+- `train_config`: `TrainConfig`, the settings of a training run.
+- `results`: `EpochRecord`, `Predictions`, `FoldResult` (what a fold returns).
+- `evaluation`: batched forward passes in eval mode; logits -> predictions and metrics.
+- `trainer`: `train_fold` (one fold: the loop, model selection on validation only, the loss).
+- `cross_validation`: `run_cv` (splits grouped by case, then `train_fold` per fold).
 """

@@ -13,25 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from histstore.devices import resolve_device
 from histstore.errors import InvalidInput
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InvalidInput(f"unknown device {device!r}: auto, cpu or cuda[:N]") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput(f"device {device!r} asked for but CUDA is not available",
-                           hint="use --device cpu")
-    return dev
 
 
 class PackedBags:

@@ -1,4 +1,4 @@
-"""Train and evaluate one MIL model per fold, and cross-validate.
+"""Train one MIL model on one fold: the training loop, model selection and the loss.
 
 HistCode trains only the pooling and the linear layer on frozen embeddings: Adam, lr 1e-4,
 weight decay 1e-5, one slide per step. Model selection and early stopping use the
@@ -17,203 +17,22 @@ take fewer optimiser steps per epoch (a different schedule), for throughput on a
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Collection, Iterator, Literal, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from histstore.devices import autocast, resolve_device
 from histstore.errors import InvalidInput
-from histstore.mil.bags import DTYPES, PackedBags, pack_bags, resolve_device
-from histstore.mil.metrics import Metrics, classification_metrics, regression_metrics
-from histstore.mil.models import MILModel, MILOutput, build_model, check_model_settings
-from histstore.mil.splits import Splits, make_splits
-
-Task = Literal["classification", "regression"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run (all folds share them). `model_cfg` goes to
-    `build_model` (e.g. {"dropout": 0.25})."""
-
-    model: str = "gated-attention"
-    model_cfg: Mapping[str, Any] = field(default_factory=dict)
-    task: Task = "classification"
-    n_classes: int | None = None        # default: max(target) + 1
-    epochs: int = 50                    # at most
-    patience: int | None = 10           # epochs without validation improvement; None: off
-    min_epochs: int = 1
-    lr: float = 1e-4                    # HistCode
-    weight_decay: float = 1e-5          # HistCode
-    bags_per_step: int = 1              # HistCode: one slide per step
-    # how a step of several bags runs: one concatenated forward ("concat", fastest on a GPU),
-    # or one bag at a time with gradient accumulation ("accumulate", for a CPU where small
-    # per-bag tensors stay in cache; bench_mil times both); same gradient. auto: by device.
-    batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
-    class_weight: Literal["none", "balanced"] = "none"
-    select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC
-    standardize_targets: bool = True    # regression: fit on z-scored train targets
-    amp: bool = False                   # bf16 autocast (CUDA only)
-    feature_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    eval_tiles: int = 262_144           # tiles per evaluation batch
-
-    def __post_init__(self):
-        check_model_settings(self.model, dict(self.model_cfg))
-        if self.task not in ("classification", "regression"):
-            raise InvalidInput(f"unknown task {self.task!r}: classification or regression")
-        for name in ("epochs", "min_epochs", "bags_per_step", "eval_tiles"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
-        if self.patience is not None and (not isinstance(self.patience, int)
-                                          or self.patience < 1):
-            raise InvalidInput(f"patience must be a positive integer or None, "
-                               f"got {self.patience!r}")
-        if not (self.lr > 0 and self.weight_decay >= 0):
-            raise InvalidInput("lr must be > 0 and weight_decay >= 0")
-        if self.class_weight not in ("none", "balanced"):
-            raise InvalidInput(f"class_weight must be none or balanced, "
-                               f"got {self.class_weight!r}")
-        if self.batch_mode not in ("auto", "concat", "accumulate"):
-            raise InvalidInput(f"batch_mode must be auto, concat or accumulate, "
-                               f"got {self.batch_mode!r}")
-        if self.select_on not in ("loss", "auc"):
-            raise InvalidInput(f"select_on must be loss or auc, got {self.select_on!r}")
-        if self.select_on == "auc" and self.task == "regression":
-            raise InvalidInput("select_on=auc needs a classification task")
-        if self.feature_dtype not in DTYPES:
-            raise InvalidInput(f"feature_dtype must be one of {', '.join(DTYPES)}")
-        if self.n_classes is not None and self.n_classes < 2:
-            raise InvalidInput("n_classes must be >= 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model_cfg"] = dict(self.model_cfg)
-        return d
-
-
-@dataclass
-class EpochRecord:
-    fold: int | None
-    epoch: int                  # 1-based
-    train_loss: float
-    val_loss: float             # training objective on val bags (z-scored targets for
-                                # regression); NaN without a validation subset
-    val_metrics: dict[str, float]
-    train_seconds: float        # the training pass only
-    eval_seconds: float         # the validation pass
-    improved: bool              # best so far by the selection rule
-
-
-@dataclass
-class Predictions:
-    """One row per bag of a subset. score: positive-class probability (binary), the predicted
-    class's probability (multi-class), the prediction (regression). pred: predicted class, or
-    the predicted value. probs [n, C] for classification."""
-
-    index: np.ndarray           # bag positions in the input list
-    target: np.ndarray
-    score: np.ndarray
-    pred: np.ndarray
-    probs: np.ndarray | None = None
-
-
-@dataclass
-class FoldResult:
-    fold: int | None
-    seed: int
-    config: TrainConfig
-    n_outputs: int
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    test_idx: np.ndarray
-    best_epoch: int                     # 1-based; the weights returned are this epoch's
-    history: list[EpochRecord]
-    val: Predictions
-    test: Predictions
-    test_attention: dict[int, np.ndarray]   # bag position -> [N_i] float32
-    metrics: dict[str, Metrics]         # {"val": ..., "test": ...}
-    model_spec: dict[str, Any]          # build_model_from_spec(model_spec) rebuilds it
-    model_state: dict[str, Tensor]      # selected weights, on the CPU
-    target_scale: tuple[float, float] | None  # regression (mean, sd) the model was fit on
-    attention_kind: str
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def seconds_per_epoch(self) -> float:
-        return float(np.mean([h.train_seconds for h in self.history])) if self.history else 0.0
-
-    def prediction_rows(self) -> list[dict[str, Any]]:
-        """{"fold", "bag", "subset", "target", "score", "pred"} for val and test bags."""
-        rows = []
-        for subset, p in (("val", self.val), ("test", self.test)):
-            for i in range(len(p.index)):
-                rows.append({"fold": self.fold, "bag": int(p.index[i]), "subset": subset,
-                             "target": p.target[i].item(), "score": float(p.score[i]),
-                             "pred": p.pred[i].item()})
-        return rows
-
-
-@dataclass
-class EvalOutput:
-    logits: Tensor                    # [n, C] float32, on the device
-    aux_logits: Tensor | None
-    aux_weight: float
-    attention: list[np.ndarray] | None
-
-
-@torch.no_grad()
-def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tiles: int = 262_144,
-             amp: bool = False, attention: bool = False) -> EvalOutput:
-    """Forward bags idx in eval mode, in batches of at most eval_tiles tiles (a bag larger
-    than that goes alone)."""
-    was_training = model.training
-    model.eval()
-    idx = np.asarray(idx, dtype=np.int64)
-    logits, aux, att = [], [], []
-    aux_weight = 0.0
-    for chunk in _tile_chunks(bags.lengths[idx], eval_tiles):
-        part = idx[chunk]
-        x, seg = bags.batch(part)
-        with _autocast(bags.device, amp):
-            out = model.forward_segments(x.float() if not amp else x, seg, len(part))
-        logits.append(out.logits.float())
-        aux_weight = out.aux_weight
-        if out.aux_logits is not None:
-            aux.append(out.aux_logits.float())
-        if attention and out.attention is not None:
-            a = out.attention.float().cpu().numpy()
-            bounds = np.cumsum(bags.lengths[part])[:-1]
-            att.extend(np.split(a, bounds))
-    model.train(was_training)
-    dim = model.config.n_outputs
-    return EvalOutput(
-        torch.cat(logits) if logits else torch.zeros((0, dim), device=bags.device),
-        torch.cat(aux) if aux else None, aux_weight, att if attention else None)
-
-
-def _tile_chunks(lengths: np.ndarray, budget: int) -> Iterator[slice]:
-    start, total = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and total + n > budget:
-            yield slice(start, i)
-            start, total = i, 0
-        total += n
-    if start < len(lengths):
-        yield slice(start, len(lengths))
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from histstore.mil.bags import PackedBags, pack_bags
+from histstore.mil.evaluation import autocast_dtype, evaluate, logits_to_metrics, logits_to_predictions
+from histstore.mil.models import MILModel, MILOutput, build_model
+from histstore.mil.results import EpochRecord, FoldResult
+from histstore.mil.train_config import Task, TrainConfig
 
 
 def bag_losses(logits: Tensor, aux_logits: Tensor | None, aux_weight: float, y: Tensor,
@@ -261,7 +80,7 @@ def train_fold(
     if packed.device != dev:
         raise InvalidInput(f"bags are packed on {packed.device} but device is {dev}")
     n = len(packed)
-    y_all = _check_targets(targets, n, config.task)
+    y_all = check_targets(targets, n, config.task)
     tr, va, te = (_as_idx(i, n, name) for i, name in
                   ((train_idx, "train"), (val_idx, "val"), (test_idx, "test")))
     if len(tr) == 0 or len(te) == 0:
@@ -326,7 +145,7 @@ def train_fold(
                 ev = evaluate(model, packed, va, eval_tiles=config.eval_tiles, amp=config.amp)
                 val_loss = float(bag_losses(ev.logits, ev.aux_logits, ev.aux_weight, y_dev[
                     torch.as_tensor(va, device=dev)], config.task, class_w).mean())
-                val_metrics = _metrics(ev.logits, y_seen[va], config.task, scale, n_out)[0].values
+                val_metrics = logits_to_metrics(ev.logits, y_seen[va], config.task, scale, n_out)[0].values
             key = _selection_key(select_on, val_loss, val_metrics, epoch, len(va))
             improved = best_key is None or key < best_key
             if improved:
@@ -346,10 +165,10 @@ def train_fold(
     ev_val = evaluate(model, packed, va, eval_tiles=config.eval_tiles, amp=config.amp)
     ev_test = evaluate(model, packed, te, eval_tiles=config.eval_tiles, amp=config.amp,
                        attention=True)
-    val_pred = _predictions(ev_val.logits, va, y_all[va], config.task, scale)
-    test_pred = _predictions(ev_test.logits, te, y_all[te], config.task, scale)
-    m_val, _ = _metrics(ev_val.logits, y_all[va], config.task, scale, n_out)
-    m_test, _ = _metrics(ev_test.logits, y_all[te], config.task, scale, n_out)
+    val_pred = logits_to_predictions(ev_val.logits, va, y_all[va], config.task, scale)
+    test_pred = logits_to_predictions(ev_test.logits, te, y_all[te], config.task, scale)
+    m_val, _ = logits_to_metrics(ev_val.logits, y_all[va], config.task, scale, n_out)
+    m_test, _ = logits_to_metrics(ev_test.logits, y_all[te], config.task, scale, n_out)
     return FoldResult(
         fold=fold, seed=seed, config=config, n_outputs=n_out,
         train_idx=tr, val_idx=va, test_idx=te, best_epoch=best_epoch, history=history,
@@ -384,7 +203,7 @@ def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed: PackedBags
                      for j, i in enumerate(idx)]
         opt.zero_grad(set_to_none=True)
         for x, seg, n, pos in parts:
-            with _autocast(dev, config.amp):
+            with autocast(dev.type, autocast_dtype(dev, config.amp)):
                 out: MILOutput = model.forward_segments(x if config.amp else x.float(), seg, n)
             losses = bag_losses(out.logits, out.aux_logits, out.aux_weight,
                                 y_dev[order_dev[pos]], config.task, class_w)
@@ -407,32 +226,7 @@ def _selection_key(select_on: str, val_loss: float, val_metrics: dict, epoch: in
     return (loss,)
 
 
-def _probs_and_values(logits: Tensor, task: Task, scale) -> np.ndarray:
-    z = logits.float().cpu()
-    if task == "regression":
-        mu, sd = scale
-        return (z[:, 0] * sd + mu).numpy().astype(np.float64)
-    return torch.softmax(z, dim=1).numpy().astype(np.float64)
-
-
-def _predictions(logits: Tensor, idx: np.ndarray, target: np.ndarray, task: Task,
-                 scale) -> Predictions:
-    out = _probs_and_values(logits, task, scale)
-    if task == "regression":
-        return Predictions(idx, target.astype(np.float64), out, out)
-    pred = out.argmax(1) if len(out) else np.zeros(0, dtype=np.int64)
-    score = out[:, 1] if out.shape[1] == 2 else out.max(1, initial=0.0)
-    return Predictions(idx, target.astype(np.int64), score, pred, out)
-
-
-def _metrics(logits: Tensor, target: np.ndarray, task: Task, scale, n_out: int):
-    out = _probs_and_values(logits, task, scale)
-    if task == "regression":
-        return regression_metrics(target, out), out
-    return classification_metrics(target.astype(np.int64), out, n_out), out
-
-
-def _check_targets(targets: Sequence, n: int, task: Task) -> np.ndarray:
+def check_targets(targets: Sequence, n: int, task: Task) -> np.ndarray:
     y = np.asarray(targets, dtype=np.float64)
     if y.shape != (n,):
         raise InvalidInput(f"{len(y)} targets for {n} bags")
@@ -452,50 +246,3 @@ def _as_idx(idx: Sequence[int], n: int, name: str) -> np.ndarray:
     if len(np.unique(a)) != len(a):
         raise InvalidInput(f"{name} indices repeat a bag")
     return np.sort(a)
-
-
-def fold_seed(seed: int, fold: int) -> int:
-    """Distinct, reproducible seed for each (run seed, fold)."""
-    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
-
-
-def run_cv(
-    bags: Sequence | PackedBags,
-    targets: Sequence,
-    case_ids: Sequence,
-    config: TrainConfig = TrainConfig(),
-    *,
-    n_folds: int = 5,
-    seed: int = 0,
-    val_fraction: float = 1 / 9,
-    device: str | torch.device = "cpu",
-    splits: Splits | None = None,
-    skip_folds: Collection[int] = (),
-    progress_cb: Callable[[EpochRecord], None] | None = None,
-) -> Iterator[FoldResult]:
-    """Cross-validate: make_splits (grouped by case, stratified), then train_fold per fold.
-
-    Inputs are validated and bags packed when called (bad input raises here, before any
-    fold); folds are trained lazily as the returned iterator is consumed, so the caller can
-    store each fold as it finishes. skip_folds: folds already stored (resume). To store the
-    splits before training, call make_splits yourself and pass splits=.
-    """
-    dev = resolve_device(device)
-    if splits is None:
-        splits = make_splits(case_ids, targets, n_folds, seed=seed, val_fraction=val_fraction,
-                             task=config.task)
-    if len(splits.item_case) != len(targets) or len(targets) != len(bags):
-        raise InvalidInput(f"{len(bags)} bags, {len(targets)} targets and "
-                           f"{len(splits.item_case)} split items differ")
-    _check_targets(targets, len(targets), config.task)
-    packed = bags if isinstance(bags, PackedBags) else pack_bags(bags, dev, config.feature_dtype)
-
-    def folds() -> Iterator[FoldResult]:
-        for fold in range(splits.n_folds):
-            if fold in skip_folds:
-                continue
-            tr, va, te = splits.indices(fold)
-            yield train_fold(packed, targets, tr, va, te, config, seed=fold_seed(seed, fold),
-                             device=dev, progress_cb=progress_cb, fold=fold)
-
-    return folds()

@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame
+from histstore.catalog.runs import require_run
 from histstore.errors import InvalidInput
-from histstore.runs import require_run
 from histstore.store import Store
 
 # What each MIL model stores as a tile's attention (mirrors `attention_kind` of the classes in

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from histstore.catalog.bulk import query_arrow
+from histstore.catalog.runs import read_run_report
 from histstore.errors import MissingStep
 from histstore.reports.common import (REPORT_DIR, Artifact, atomic_write, is_regression, new_figure,
                                       register_artifacts, require_train_run, run_dir, save_figure)
-from histstore.runs import show_run
 from histstore.store import Store
 
 HTML_NAME = "report.html"
@@ -75,7 +75,7 @@ class _RunData:
 def _load(store: Store, run_id: int | str) -> _RunData:
     with store.read() as conn:
         run = require_train_run(conn, run_id)
-    rep = show_run(store, run["run_id"])
+        rep = read_run_report(conn, run["run_id"])
     rid = int(run["run_id"])
     with store.read() as conn:
         preds = query_arrow(conn, "SELECT fold, slide_id, label, target, score, predicted FROM predictions "

@@ -26,7 +26,7 @@ def test_table_format(filled, cli):
 
 def test_csv_json_parquet(filled, cli, tmp_path):
     r = cli("sql", "SELECT case_id FROM cases ORDER BY 1", "--format", "csv")
-    assert r.output.splitlines() == ['"case_id"', '"c1"', '"c2"']
+    assert r.output.splitlines() == ["case_id", "c1", "c2"]
     r = cli("sql", "SELECT case_id, 1.5 AS x FROM cases ORDER BY 1", "--format", "json")
     assert json.loads(r.output) == [{"case_id": "c1", "x": 1.5}, {"case_id": "c2", "x": 1.5}]
     out = tmp_path / "rows.parquet"
@@ -35,6 +35,26 @@ def test_csv_json_parquet(filled, cli, tmp_path):
     assert pq.read_table(out).column("case_id").to_pylist() == ["c1", "c2"]
     r = cli("sql", "SELECT 1", "--format", "parquet")
     assert r.exit_code != 0 and "-o FILE" in r.output
+
+
+def test_csv_quotes_only_where_needed(store, cli):
+    """Plain fields stay bare so `cut -d, -f2` reads them; a comma, quote or line break is
+    quoted as RFC 4180 says; NULL is empty and an empty string is "" (DuckDB's output)."""
+    import csv
+    import io
+
+    sql = ("SELECT * FROM (VALUES (1, 'plain', 1.5, DATE '2024-01-02', true), (2, 'a,b', NULL, NULL, false), "
+           "(3, 'say \"hi\"', 2.0, NULL, NULL), (4, 'two' || chr(10) || 'lines', -0.25, NULL, true), "
+           "(5, '', 0.0, NULL, NULL), (6, NULL, 3.0, NULL, NULL)) t(id, txt, x, day, flag) ORDER BY id")
+    sql = f"SELECT id, txt, x::DOUBLE AS x, day, flag FROM ({sql})"
+    r = cli("sql", sql, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert r.output == ('id,txt,x,day,flag\n1,plain,1.5,2024-01-02,true\n2,"a,b",,,false\n'
+                        '3,"say ""hi""",2,,\n4,"two\nlines",-0.25,,true\n5,"",0,,\n6,,3,,\n')
+    # what the shell pipeline sees, and what a CSV reader gets back
+    assert [line.split(",")[1] for line in r.output.splitlines()[:2]] == ["txt", "plain"]
+    rows = list(csv.reader(io.StringIO(r.output)))
+    assert [row[1] for row in rows[1:]] == ["plain", "a,b", 'say "hi"', "two\nlines", "", ""]
 
 
 def test_file_and_stdin(filled, cli, tmp_path):

@@ -11,13 +11,13 @@ import torch
 
 from histstore.encoders.adco import AdCo, AdCoConfig
 from histstore.encoders.backbones import build_backbone
-from histstore.encoders.checkpoint import (
-    load_checkpoint, model_from_checkpoint, read_encoder_arch, save_backbone, sha256_file,
-)
+from histstore.encoders.checkpoint import load_checkpoint, read_encoder_arch, save_backbone
+from histstore.encoders.methods import model_from_checkpoint
 from histstore.encoders.schedule import CosineSchedule, cosine_lr
 from histstore.encoders.simclr import SimCLR, SimCLRConfig
 from histstore.encoders.trainer import PretrainConfig, pretrain_loop
 from histstore.errors import InvalidInput
+from histstore.hashing import sha256_file
 
 TILES = torch.randint(0, 256, (24, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

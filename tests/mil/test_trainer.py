@@ -16,13 +16,10 @@ from histstore.mil.bags import pack_bags
 from histstore.mil.metrics import aggregate
 from histstore.mil.models import build_model_from_spec, model_names
 from histstore.mil.splits import make_splits
-from histstore.mil.trainer import (
-    TrainConfig,
-    bag_losses,
-    evaluate,
-    run_cv,
-    train_fold,
-)
+from histstore.mil.cross_validation import run_cv
+from histstore.mil.evaluation import evaluate
+from histstore.mil.train_config import TrainConfig
+from histstore.mil.trainer import bag_losses, train_fold
 
 from .synthetic import planted_cohort, shifted_cohort
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from histstore.errors import InvalidInput, MissingStep, NotFound, NotTested, SlideNotFound
-from histstore.reports.fixtures import plant_run, register_slide_without_pixels
-from histstore.reports.heatmap import normalise, paint_tiles, render_heatmap
+from histstore.reports.heatmap import render_heatmap
+from histstore.reports.raster import normalise, paint_tiles
+from tests.support.planted_runs import plant_run, register_slide_without_pixels
 
 
 def _q(store, sql, *params):
@@ -82,7 +83,7 @@ def test_png_is_the_blended_thumbnail_with_top_gallery(trained, tmp_path):
     gallery = np.asarray(Image.open(r.gallery_path).convert("RGB"))
     assert gallery.shape[1] > 3 * 64 and gallery.std() > 10  # tiles, not a blank page
     # the colour of a fully covered pixel is the blend of the thumbnail and the colour map
-    from histstore.reports.heatmap import blend
+    from histstore.reports.raster import blend
     import matplotlib
 
     rgb = np.full((2, 2, 3), 200, np.uint8)

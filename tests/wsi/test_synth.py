@@ -64,6 +64,14 @@ def test_files_and_ids(synth6):
     assert all(0 <= float(r["p_adj"]) <= 1 for r in fc)
 
 
+def test_csv_files_end_lines_with_lf(synth6):
+    """manifest, labels and fold changes end every line with a bare "\n" (no CRLF)."""
+    for path in (synth6.manifest, synth6.labels, synth6.foldchanges):
+        data = path.read_bytes()
+        assert b"\r" not in data, path.name
+        assert data.endswith(b"\n") and data.count(b"\n") == len(_rows(path)) + 1, path.name
+
+
 def test_openslide_reads_them_with_mpp(synth6):
     for s in synth6.slides:
         with open_slide(s.path) as r:
@@ -182,9 +190,9 @@ def test_windows_render_identically():
 def test_streamed_bigtiff_path(tmp_path, monkeypatch):
     """The large-slide path (BigTIFF, reduced levels in a memory map) on a small slide, with
     sizes that are not multiples of the tile."""
-    import histstore.wsi.synth as synth
+    import histstore.wsi.synth.tiff as synth_tiff
 
-    monkeypatch.setattr(synth, "_BIG_PIXELS", 1000)
+    monkeypatch.setattr(synth_tiff, "_BIG_PIXELS", 1000)
     s = synth_slide(tmp_path / "big.tiff", size=(1900, 1300), mpp=0.25, seed=2, tumor=True,
                     downsamples=(1, 4, 16))
     assert not list(tmp_path.glob(".synth-*"))  # temporary maps removed

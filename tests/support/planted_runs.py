@@ -1,12 +1,12 @@
-"""Catalog rows for tests, demos and benchmarks of the reports, written without training.
+"""Catalog rows for tests and benchmarks of the reports, written without training.
 
 - `plant_run`: a finished train run whose fold 0 tested the given slides, with the given
   per-tile attention (or none), so a heatmap of any size can be drawn in seconds;
 - `register_slide_without_pixels`: a features-only slide (path NULL, as `histstore features
   import` registers them) with an imported tiling of the given tile boxes.
 
-Both write one transaction each through the ordinary tables; nothing here is used by the
-commands themselves.
+Both write one transaction each through the ordinary tables; test support, never used by
+the library.
 """
 from __future__ import annotations
 

