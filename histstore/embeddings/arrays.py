@@ -2,7 +2,7 @@
 
 Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
 tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-chunks; ~0.5 ms per chunk touched, stack-notes) and Blosc-lz4-compressed.
+whole chunks, never one chunk per tile) and Blosc-lz4-compressed.
 
 Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> and moved to its
 final name only when complete (a directory rename, atomic on one filesystem); the catalog row
