@@ -120,9 +120,10 @@ def macenko_normalize(
     conc = (proj @ od.transpose(1, 2)).mul_(scale.unsqueeze(-1))  # [B, 2, N]
     # Io * exp(-(HE_REF @ C)); negating the matrix instead of the product is exact
     out = torch.matmul(-HE_REF.to(dev), conc).exp_().mul_(Io).clamp_(0, 255).round_()  # [B, 3, N]
-    valid &= ~torch.isnan(out).flatten(1).any(dim=1)  # clamped: inf cannot remain, NaN can
+    # clamped values are finite unless NaN, so a tile's sum is NaN exactly when one value is
+    valid &= ~torch.isnan(out.sum(dim=(1, 2)))
     res = torch.empty((b, n, 3), dtype=torch.uint8, device=dev)
-    res.copy_(out.nan_to_num_().transpose(1, 2))  # one pass: transpose + uint8
+    res.copy_(out.transpose(1, 2))  # one pass: transpose + uint8 (NaN tiles are replaced below)
     res = res.view(b, h, w, 3)
     if not bool(valid.all()):
         res[~valid] = tiles[~valid]
