@@ -14,7 +14,6 @@ tiles are read and embedded; the run's progress and heartbeat show in `histstore
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +161,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     import torch
 
     from histstore.devices import resolve_amp, resolve_device
-    from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_loader
+    from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
     from histstore.encoders.backbones import preprocess
 
     if stain_norm not in STAIN_NORMS:
@@ -177,9 +176,11 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     dev = resolve_device(device)
     amp_dtype = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision], dev)
     if workers is None:
-        # on a CPU the readers share cores with the model: two niced workers measured best on
-        # 2 cores (pipeline/forward 0.62 vs 0.56 with one and 0.50 in-process)
-        workers = min(2, os.cpu_count() or 1) if dev.type == "cpu" else 8
+        # on a CPU the reader shares cores with the model: one background thread in this
+        # process, so no batch is pickled between processes and no other process competes
+        # with the model's OpenMP threads (bench_embed's "tile reader" row times it against 2
+        # reader processes)
+        workers = 0 if dev.type == "cpu" else 8
     t_start = time.perf_counter()
     import json
 
@@ -236,7 +237,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                     run_outcome(store, run_id, "run the same `histstore embed` again to continue"):
                 report.n_embedded, report.n_tiles = _run(
                     store, info, slides, model, dev, amp_dtype, stain_norm, batch_size, workers, dtype,
-                    show_progress, preprocess, TileDataset, tile_loader, run_id, len(slide_ids), beat)
+                    show_progress, preprocess, TileDataset, tile_batches, run_id, len(slide_ids), beat)
         with store.commit("the end of the embedding run") as conn:
             if len(finished_slides(conn, info.embedding_set_id)) >= len(slide_ids):
                 set_status(conn, info.embedding_set_id, "complete")

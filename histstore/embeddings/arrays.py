@@ -2,7 +2,7 @@
 
 Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
 tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-chunks; ~0.5 ms per chunk touched, stack-notes) and Blosc-lz4-compressed.
+whole chunks, never one chunk per tile) and Blosc-lz4-compressed.
 
 Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> (the token
 names the writing process: host, PID) and moved to its final name only when complete (a
@@ -30,10 +30,12 @@ from histstore.ids import from_path_component, path_component
 
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle, measured on real float16 ResNet embeddings (demo store): 0.63 of
-# the raw size at 2.8 GB/s decode, against zstd-3 at 0.68 and 1.4 GB/s (byte shuffle + lz4 did
-# not compress them at all). The codec is recorded in each array's metadata, so arrays
-# written with another codec still read.
+# Blosc lz4 with bit shuffle. On real float16 encoder output (benchmarks/bench_bags.py, codec
+# rows and table in benchmarks/RESULTS.md) it stores a few per cent less than zstd level 3 and
+# decodes faster; byte shuffle + lz4 does not compress such embeddings at all, and random
+# data (the benchmark's cohort-read part) barely compresses with any codec. The layout is not
+# tuned on real cohorts yet. The codec is recorded in each array's metadata, so arrays written
+# with another codec still read.
 COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
@@ -86,7 +88,12 @@ def checksum(data: np.ndarray) -> str:
 
 class ArrayWriter:
     """Writes one slide's array in row blocks under a temporary name; `commit` moves it into
-    place and returns its checksum. Use as a context manager: an exception discards it."""
+    place and returns its checksum. Use as a context manager: an exception discards it.
+
+    Blocks are held until they fill a whole chunk, which is then written once: writing each
+    small block straight into zarr re-reads and re-compresses its chunk every time
+    (benchmarks/bench_embed.py times both on a 10,000-row slide in 64-row blocks).
+    """
 
     def __init__(self, set_dir: Path, slide_id: str, n_rows: int, dim: int, dtype: str = "float16",
                  chunk_rows: int = DEFAULT_CHUNK_ROWS):
@@ -98,30 +105,45 @@ class ArrayWriter:
         self.n_rows, self.dim = int(n_rows), int(dim)
         self._hash = hashlib.blake2b(digest_size=16)
         self._hash.update(f"{np.dtype(dtype).str}{(self.n_rows, self.dim)}".encode())
-        self._next = 0
+        self._next = 0      # rows received
+        self._written = 0   # rows written to zarr (a multiple of the chunk rows, or n_rows)
+        self._held: list[np.ndarray] = []
+        self.chunk_rows = max(1, min(chunk_rows, self.n_rows))
         self.array = zarr.create_array(
             store=zarr.storage.LocalStore(str(self.tmp)), shape=(self.n_rows, self.dim),
-            chunks=(max(1, min(chunk_rows, self.n_rows)), self.dim), dtype=dtype,
+            chunks=(self.chunk_rows, self.dim), dtype=dtype,
             compressors=COMPRESSOR, fill_value=0, zarr_format=3)
 
     def write(self, block: np.ndarray) -> None:
         """Append the next rows (blocks must arrive in row order)."""
-        block = np.asarray(block, dtype=self.array.dtype)
+        block = np.array(block, dtype=self.array.dtype)  # a copy: the caller may reuse its buffer
         if block.ndim != 2 or block.shape[1] != self.dim:
             raise ValueError(f"block of shape {block.shape} does not fit [*, {self.dim}]")
         end = self._next + block.shape[0]
         if end > self.n_rows:
             raise ValueError(f"too many rows: {end} > {self.n_rows}")
-        self.array[self._next:end] = block
         self._hash.update(np.ascontiguousarray(block).tobytes())
+        self._held.append(block)
         self._next = end
+        full = (self._next - self._written) // self.chunk_rows * self.chunk_rows
+        if full:
+            self._flush(full)
         if end < self.n_rows:
             fault_point("array.mid_write")
+
+    def _flush(self, rows: int) -> None:
+        """Write the first `rows` held rows (whole chunks, or the array's tail)."""
+        held = np.concatenate(self._held) if len(self._held) > 1 else self._held[0]
+        self.array[self._written:self._written + rows] = held[:rows]
+        self._written += rows
+        self._held = [held[rows:]] if rows < len(held) else []
 
     def finish(self) -> str:
         """Check that every row was written; the checksum. The array stays under .partial/."""
         if self._next != self.n_rows:
             raise ValueError(f"array incomplete: {self._next} of {self.n_rows} rows written")
+        if self._written < self.n_rows:
+            self._flush(self.n_rows - self._written)
         return self._hash.hexdigest()
 
     def publish(self) -> None:

@@ -27,8 +27,8 @@ class TrainConfig:
     weight_decay: float = 1e-5          # HistCode
     bags_per_step: int = 1              # HistCode: one slide per step
     # how a step of several bags runs: one concatenated forward ("concat", fastest on a GPU),
-    # or one bag at a time with gradient accumulation ("accumulate", faster on a CPU where
-    # small per-bag tensors stay in cache); both give the same gradient. auto: by device.
+    # or one bag at a time with gradient accumulation ("accumulate", for a CPU where small
+    # per-bag tensors stay in cache; bench_mil times both); same gradient. auto: by device.
     batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
     class_weight: Literal["none", "balanced"] = "none"
     select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC

@@ -10,8 +10,8 @@ Speed: all bags live on the device as one tensor (`PackedBags`): no per-step hos
 copy, one-bag steps use views. A step of several bags (`bags_per_step > 1`) has loss = mean
 of per-bag losses, i.e. the mean of the bags' one-bag gradients, computed either by one
 concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
-time (the CPU default: big concatenated intermediates fall out of cache and were slower
-there). The loss is accumulated on the device and read once per epoch; evaluation runs in
+time (the CPU default: big concatenated intermediates fall out of cache; benchmarks/bench_mil.py
+times both modes). The loss is accumulated on the device and read once per epoch; evaluation runs in
 batches of up to `eval_tiles` tiles. `bags_per_step=1` is the paper's setting; larger values
 take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
 """

@@ -61,7 +61,7 @@ def value_noise(xs: np.ndarray, ys: np.ndarray, cell: float, seed: int) -> np.nd
 
     Lattice values are a hash of the global lattice index, so any window of the same slide
     gives the same values where windows overlap. Separable smoothstep interpolation, done as
-    two gathers (much faster than a product with a mostly-zero weight matrix).
+    two gathers.
     """
     ix, sx, ix0 = _interp_weights(np.asarray(xs, np.float64), cell)
     iy, sy, iy0 = _interp_weights(np.asarray(ys, np.float64), cell)
