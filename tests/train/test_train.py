@@ -154,7 +154,8 @@ def test_regression_task(embedded):
     rep = train(embedded, _settings(task="fc:TP53", epochs=5, folds=3), show_progress=False)
     assert rep.status == "finished" and "pearson" in rep.summary and "mse" in rep.summary
     rows = _q(embedded, "SELECT target, score FROM predictions WHERE run_id = ? AND subset = 'test'", rep.run_id)
-    assert len(rows) == 20 and all(np.isfinite(t) and np.isfinite(s) for t, s in rows)
+    # fold changes belong to the tumour slides: 10 of the 20
+    assert len(rows) == 10 and all(np.isfinite(t) and np.isfinite(s) for t, s in rows)
 
 
 def test_cli_train_runs_compare(embedded):
@@ -179,12 +180,36 @@ def test_cli_train_runs_compare(embedded):
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
 
 
-def test_gene_task_on_normal_slides_is_noted(embedded):
+def test_gene_tasks_use_the_tumour_slides(embedded):
+    """A case's fold change is measured on its tumour sample: by default only the case's
+    tumour slides carry it; --gene-slides all gives it to every slide (noted)."""
+    def run_slides(run_id):
+        return {r[0] for r in _q(embedded, "SELECT DISTINCT slide_id FROM splits WHERE run_id = ?", run_id)}
+
+    tumour = {r[0] for r in _q(embedded, "SELECT slide_id FROM slide_labels WHERE task = 'tumor' AND value = 'tumor'")}
+    assert len(tumour) == 10
     rep = train(embedded, _settings(task="de:EGFR", epochs=2, folds=3), show_progress=False)
-    assert any("labelled normal" in n for n in rep.notes)
+    assert rep.n_bags == 10 and run_slides(rep.run_id) == tumour
+    assert any("10 slides that are not labelled tumour" in n for n in rep.notes)
+    (settings,), = _q(embedded, "SELECT settings FROM runs WHERE run_id = ?", rep.run_id)
+    assert settings["gene_slides"] == "tumour"
+    assert _q(embedded, "SELECT value FROM metrics WHERE run_id = ? AND name = 'n_not_tumour_left_out'",
+              rep.run_id) == [(10.0,)]
+    rep = train(embedded, _settings(task="de:EGFR", epochs=2, folds=3, gene_slides="all"), show_progress=False)
+    assert rep.n_bags == 20 and any("labelled normal" in n for n in rep.notes)
+    # a cohort of tumour slides: nothing left out, nothing to say
     from histstore.cohorts import create_cohort
 
     create_cohort(embedded, "tum", from_cohort="syn20",
                   where="slide_id IN (SELECT slide_id FROM slide_labels WHERE task = 'tumor' AND value = 'tumor')")
     rep = train(embedded, _settings(cohort="tum", task="de:EGFR", epochs=2, folds=3), show_progress=False)
-    assert not rep.notes
+    assert not rep.notes and rep.n_bags == 10
+    # label tasks are not filtered
+    assert train(embedded, _settings(epochs=1, folds=2), show_progress=False).n_bags == 20
+    # without tumour labels every slide is used, and the run says why
+    with embedded.write() as conn:
+        conn.exec_driver_sql("DELETE FROM labels WHERE task = 'tumor'")
+    rep = train(embedded, _settings(task="de:EGFR", epochs=2, folds=3), show_progress=False)
+    assert rep.n_bags == 20 and any("no tumor labels" in n for n in rep.notes)
+    with pytest.raises(HiststoreError, match="gene-slides"):
+        train(embedded, _settings(task="de:EGFR", gene_slides="normal"), show_progress=False)
