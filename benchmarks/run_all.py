@@ -17,7 +17,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-BENCHMARKS = ["ingest", "tiles", "embed", "bags", "mil", "catalog", "heatmap", "pretrain", "encoders"]
+BENCHMARKS = ["ingest", "tiles", "embed", "bags", "mil", "catalog", "heatmap", "pretrain", "encoders", "public_mil"]
 HERE = Path(__file__).resolve().parent
 
 

@@ -60,6 +60,7 @@ class TrainSettings:
     hidden_dim: int | None = None  # model size (None: the model's default, e.g. HistCode's 512)
     attn_dim: int | None = None
     decision_threshold: str = "0.5"  # binary tasks: "0.5", or chosen on the "val" or "train" bags
+    val_fraction: float = 1 / 9  # of each fold's non-test cases (HistCode's 80/10/10); 0: none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -276,7 +277,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
     config = _train_config(s, spec, max(2, len(p.classes)))
     if resume_run is None:
         splits = make_splits(p.case_ids, p.labels if not spec.is_regression else p.targets, s.folds,
-                             seed=s.seed, task=config.task)
+                             seed=s.seed, task=config.task, val_fraction=s.val_fraction)
         with transaction(conn):
             run_id = create_run(conn, kind="train", settings={**s.to_dict(), "task": spec.name, "genes": None,
                                                               "task_spec": spec.to_dict(),

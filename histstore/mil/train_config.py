@@ -32,7 +32,9 @@ class TrainConfig:
     # small per-bag tensors stay in cache); both give the same gradient. auto: by device.
     batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
     class_weight: Literal["none", "balanced"] = "none"
-    select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC
+    # the epoch kept: best validation loss, best validation ROC-AUC, or the last one (a fixed
+    # schedule: validation bags too few to choose an epoch reliably only report)
+    select_on: Literal["loss", "auc", "last"] = "loss"
     standardize_targets: bool = True    # regression: fit on z-scored train targets
     # z-score every feature with the training bags' tile statistics (mil/standardize.py)
     standardize_features: bool = True
@@ -63,8 +65,8 @@ class TrainConfig:
         if self.batch_mode not in ("auto", "concat", "accumulate"):
             raise InvalidInput(f"batch_mode must be auto, concat or accumulate, "
                                f"got {self.batch_mode!r}")
-        if self.select_on not in ("loss", "auc"):
-            raise InvalidInput(f"select_on must be loss or auc, got {self.select_on!r}")
+        if self.select_on not in ("loss", "auc", "last"):
+            raise InvalidInput(f"select_on must be loss, auc or last, got {self.select_on!r}")
         if self.select_on == "auc" and self.task == "regression":
             raise InvalidInput("select_on=auc needs a classification task")
         if self.decision_threshold not in THRESHOLD_RULES:

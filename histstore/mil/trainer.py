@@ -201,7 +201,7 @@ def _decision_threshold(config: TrainConfig, model: MILModel, packed, tr: np.nda
         return 0.5
     idx = va if rule == "val" else tr
     if len(np.unique(y_seen[idx])) < 2:
-        notes.append(f"{rule} bags hold one class: decision threshold 0.5")
+        notes.append(f"the {rule} bags hold {'one class' if len(idx) else 'nothing'}: decision threshold 0.5")
         return 0.5
     ev = ev_val if rule == "val" else evaluate(model, packed, tr, eval_tiles=config.eval_tiles,
                                                amp=config.amp)
@@ -245,8 +245,8 @@ def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed: PackedBags
 def _selection_key(select_on: str, val_loss: float, val_metrics: dict, epoch: int,
                    n_val: int) -> tuple:
     """Smaller is better; ties keep the earlier epoch (strict improvement required)."""
-    if n_val == 0:
-        return (-epoch,)  # no validation: the latest epoch wins
+    if n_val == 0 or select_on == "last":
+        return (-epoch,)  # no validation, or a fixed schedule: the latest epoch wins
     loss = val_loss if not math.isnan(val_loss) else math.inf
     if select_on == "auc":
         auc = val_metrics.get("auc", math.nan)

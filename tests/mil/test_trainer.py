@@ -180,6 +180,15 @@ def test_no_validation_keeps_last_epoch(cohort, split):
     assert all(math.isnan(h.val_loss) for h in r.history)
 
 
+def test_select_last_is_a_fixed_schedule(cohort, split):
+    """select_on='last': every epoch runs (patience cannot stop it) and the last is kept;
+    validation is still evaluated and reported."""
+    r = train_fold(cohort.bags, cohort.targets, *split,
+                   TrainConfig(epochs=4, patience=1, select_on="last", model_cfg=SMALL, **{"lr": 1e-3}), seed=0)
+    assert len(r.history) == 4 and r.best_epoch == 4 and all(h.improved for h in r.history)
+    assert all(not math.isnan(h.val_loss) for h in r.history)
+
+
 def test_class_weights_act_per_bag():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.1], [-1.0, 1.0]])
     y = torch.tensor([0, 1, 1])

@@ -213,3 +213,45 @@ def test_gene_tasks_use_the_tumour_slides(embedded):
     assert rep.n_bags == 20 and any("no tumor labels" in n for n in rep.notes)
     with pytest.raises(HiststoreError, match="gene-slides"):
         train(embedded, _settings(task="de:EGFR", gene_slides="normal"), show_progress=False)
+
+
+def test_fold_checkpoints_carry_standardisation_and_threshold(embedded):
+    """What prediction needs besides the weights: the training folds' feature statistics
+    (key feature_standardization) and the decision threshold, chosen on validation slides."""
+    import torch
+    from click.testing import CliRunner
+
+    from histstore.cli.main import main
+    from histstore.embeddings.bags import load_bags
+    from histstore.embeddings.sets import resolve_set
+
+    def run(*args):
+        return CliRunner().invoke(main, ["--store", str(embedded.root), "train", "--cohort", "syn20", "--task",
+                                         "tumor", "--epochs", "2", "--folds", "2", "--hidden-dim", "16",
+                                         "--attn-dim", "8", *args])
+
+    r = run("--decision-threshold", "val", "--min-epochs", "2")
+    assert r.exit_code == 0, r.output
+    (settings,), = _q(embedded, "SELECT settings FROM runs WHERE run_id = 1")
+    assert settings["standardize"] and settings["decision_threshold"] == "val" and settings["hidden_dim"] == 16
+    assert settings["train_config"]["model_cfg"] == {"hidden_dim": 16, "attn_dim": 8}
+    thresholds = _q(embedded, "SELECT fold, value FROM metrics WHERE run_id = 1 AND name = 'decision_threshold'")
+    assert sorted(f for f, _ in thresholds) == [0, 1]
+    with embedded.read() as conn:
+        info = resolve_set(conn, "1")
+        train_ids = [s for s, in conn.exec_driver_sql(
+            "SELECT slide_id FROM splits WHERE run_id = 1 AND fold = 0 AND subset = 'train' ORDER BY 1").all()]
+        bags = load_bags(embedded, conn, info, train_ids)
+    ck = torch.load(embedded.resolve("checkpoints/runs/1/fold0.pt"), weights_only=True)
+    st = ck["feature_standardization"]
+    tiles = np.concatenate([b.features for b in bags]).astype(np.float64)
+    np.testing.assert_allclose(st["mean"].numpy(), tiles.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st["std"].numpy(), np.where(tiles.std(0) > 0, tiles.std(0), 1.0), rtol=1e-3, atol=1e-5)
+    assert st["n_tiles"] == len(tiles) and st["fit_on"] == "train"
+    assert ck["decision_threshold"] == dict(thresholds)[0]
+    r = run("--no-standardize")
+    assert r.exit_code == 0, r.output
+    assert torch.load(embedded.resolve("checkpoints/runs/2/fold0.pt"), weights_only=True)[
+        "feature_standardization"] is None
+    r = run("--model", "mean", "--attn-dim", "8")
+    assert r.exit_code != 0 and "no setting attn_dim" in r.output
