@@ -363,6 +363,8 @@ def train(store: Store, s: TrainSettings, show_progress: bool = True) -> TrainRe
         raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(model_names())}")
     if s.folds < 2:
         raise InvalidInput("--folds must be >= 2")
+    if not 0.0 <= s.val_fraction < 1.0:
+        raise InvalidInput(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
     if s.gene_slides not in GENE_SLIDES:
         raise InvalidInput(f"--gene-slides must be one of {', '.join(GENE_SLIDES)}, got {s.gene_slides!r}")
     with store.writer() as conn:

@@ -4,8 +4,8 @@ HistCode (arXiv 2204.11994) cuts slides into 128 x 128 tiles at 20x (0.5 um/px) 
 ones on tissue. Here a tile is `tile_size` pixels at `target_mpp`; it is read from the coarsest
 pyramid level that is still at least as fine as the target (so tiles are only ever shrunk,
 never enlarged) and resampled to `tile_size`. Coordinates are level-0 pixels; a tile covers
-`size_l0` x `size_l0` level-0 pixels from its top-left (x, y). The grid starts at (0, 0), steps
-by `tile_size - overlap` target pixels and keeps every tile fully inside the slide.
+`size_l0` x `size_l0` level-0 pixels from its top-left (x, y). Grids step by
+`tile_size - overlap` target pixels, and every tile lies fully inside the slide.
 
 Which tiles are kept is the tiling's rule (`TilingSpec.tile_rule`):
 - "clam-four-pt" (the default): HistCode's pipeline, CLAM's four-point contour rule - a tile
