@@ -89,6 +89,10 @@ def test_baselines_train_and_evaluate(embedded, model):
     (dict(folds=11), "fewer than --folds 11"),
     (dict(embeddings="ghost-set"), "no embedding set"),
     (dict(model="transformer"), "unknown model"),
+    (dict(val_fraction=1.0), "val-fraction"),
+    (dict(task="de", genes=("TP53",), gene_slides="some"), "gene-slides"),
+    (dict(decision_threshold="0.3"), "decision_threshold"),
+    (dict(model="mean", attn_dim=8), "no setting attn_dim"),
 ])
 def test_bad_input_writes_nothing(embedded, kw, words):
     with pytest.raises(HiststoreError, match=words):
