@@ -36,6 +36,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,10 @@ def _logistic_baseline(store, run_id: int, bag_means: dict[str, np.ndarray], see
         inner = StratifiedKFold(n_splits=min(5, int(np.bincount(y_tr).min())), shuffle=True,
                                 random_state=seed)
         model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 4, 17), cv=inner,
-                                                                     max_iter=5000))
-        model.fit(x_tr, y_tr)
+                                                                     scoring="accuracy", max_iter=5000))
+        with warnings.catch_warnings():  # newer scikit-learn announces changed defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            model.fit(x_tr, y_tr)
         truth += [r[3] == "pos" for r in te]
         score += model.predict_proba(np.stack([bag_means[r[1]] for r in te]))[:, 1].tolist()
     return np.array(truth, int), np.array(score)
