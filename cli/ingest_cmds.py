@@ -15,7 +15,12 @@ from histstore.cli.common import pass_store
 @click.option("--magnification", type=float, help="Target magnification instead of --mpp (20 -> 0.5 um/px).")
 @click.option("--tile-size", type=int, default=128, show_default=True, help="Tile side in pixels at the target resolution.")
 @click.option("--overlap", type=int, default=0, show_default=True, help="Overlap between tiles in target pixels.")
-@click.option("--min-tissue", type=float, default=0.5, show_default=True, help="Drop tiles with less tissue than this fraction.")
+@click.option("--tile-rule", type=click.Choice(["clam-four-pt", "min-tissue"]), default="clam-four-pt",
+              show_default=True,
+              help="Which tiles to keep: clam-four-pt = HistCode's (CLAM's) rule, a tile whose central region "
+                   "touches a tissue contour; min-tissue = a tile with at least --min-tissue tissue.")
+@click.option("--min-tissue", type=float,
+              help="With --tile-rule min-tissue: drop tiles with less tissue than this fraction [default: 0.5].")
 @click.option("--assume-mpp", type=float, help="Level-0 um/px for slides whose file does not say (never guessed).")
 @click.option("--workers", type=int, help="Worker processes [default: min(4, CPUs)].")
 @click.option("--case-id", "case_id_mode", type=click.Choice(["slide"]),
@@ -23,8 +28,8 @@ from histstore.cli.common import pass_store
                    "TCGA barcode is its own case. Without it such slides are refused: with made-up "
                    "case ids two slides of one patient can land in train and test of one fold.")
 @pass_store
-def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_tissue, assume_mpp, workers,
-           case_id_mode):
+def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, tile_rule, min_tissue, assume_mpp,
+           workers, case_id_mode):
     """Catalogue slides and tile them on tissue.
 
     SOURCE is a folder of slides, a CSV manifest (path[,slide_id,case_id]) or a GDC sample
@@ -38,13 +43,16 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_ti
     if mpp is not None and magnification is not None:
         raise click.UsageError("give --mpp or --magnification, not both")
     target = magnification_to_mpp(magnification) if magnification is not None else (mpp or 0.5)
-    spec = TilingSpec(target_mpp=target, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
+    if min_tissue is not None and tile_rule != "min-tissue":
+        raise click.UsageError("--min-tissue goes with --tile-rule min-tissue")
+    spec = TilingSpec(target_mpp=target, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue,
+                      tile_rule=tile_rule)
     report = run_ingest(store, source, spec, cohort=cohort, assume_mpp=assume_mpp, workers=workers,
                         case_id_mode=case_id_mode)
     for o in report.outcomes:
         if o.status in ("failed", "changed"):
             click.echo(f"{o.status}: {o.slide_id}: {o.message}", err=True)
-    click.echo(f"tiling {report.tiling_key} ({spec.label}, min tissue {spec.min_tissue:g}): "
+    click.echo(f"tiling {report.tiling_key} ({spec.label}, {spec.rule_label}): "
                f"{report.count('ingested')} ingested ({report.n_tiles:,} tiles), "
                f"{report.count('skipped')} already present, {report.count('failed')} failed, "
                f"{report.count('changed')} changed" + (f"; cohort {cohort}" if cohort else ""))

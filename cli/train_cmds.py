@@ -32,17 +32,33 @@ def _fmt_summary(summary: dict) -> str:
 @click.option("--dropout", type=float, default=0.0, show_default=True)
 @click.option("--bags-per-step", type=int, default=1, show_default=True, help="1 = one slide per step (HistCode).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
-@click.option("--select-on", type=click.Choice(["loss", "auc"]), default="loss", show_default=True,
-              help="Validation criterion for choosing the epoch.")
+@click.option("--select-on", type=click.Choice(["loss", "auc", "last"]), default="loss", show_default=True,
+              help="The epoch kept: best validation loss or AUC, or the last (a fixed schedule of --epochs, for "
+                   "cohorts whose validation slides are too few to choose an epoch).")
+@click.option("--min-epochs", type=int, default=1, show_default=True, help="No early stopping before this epoch.")
+@click.option("--val-fraction", type=float,
+              help="Validation share of each fold's non-test cases [default: 1/9, HistCode's 80/10/10 with 5 "
+                   "folds]; 0 trains on all of them for --epochs (the last epoch is kept).")
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Z-score each feature with the fold's training bags' statistics (stored with the fold's model).")
+@click.option("--hidden-dim", type=int, help="Model's tile embedding width [default: the model's, e.g. 512].")
+@click.option("--attn-dim", type=int, help="Attention width of attention models [default: the model's, e.g. 256].")
+@click.option("--decision-threshold", type=click.Choice(["0.5", "val", "train"]), default="0.5", show_default=True,
+              help="Binary tasks: predict positive above 0.5, or above the cut that is most accurate on the "
+                   "fold's validation (val) or training (train) bags.")
 @click.option("--threshold", type=float, default=1.0, show_default=True, help="|log2FC| threshold of gene tasks.")
 @click.option("--p-cut", type=float, help="Also require p_adj <= this for gene tasks.")
 @click.option("--fc-source", help="Fold-change source when there are several.")
+@click.option("--gene-slides", type=click.Choice(["tumour", "all"]), default="tumour", show_default=True,
+              help="Gene tasks: train on the case's tumour slides (task tumor labels, when the slides have them), "
+                   "or on all its slides (each carries the case's fold change).")
 @click.option("--positive", help="Positive class of a binary task.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
 def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, patience, lr, weight_decay, dropout,
-          bags_per_step, class_weight, select_on, threshold, p_cut, fc_source, positive, device, resume_run):
+          bags_per_step, class_weight, select_on, min_epochs, val_fraction, standardize, hidden_dim, attn_dim,
+          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings, resume, train as run_train
 
@@ -59,7 +75,10 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay, dropout=dropout,
                           bags_per_step=bags_per_step, class_weight=class_weight, select_on=select_on,
                           device=device, threshold=threshold, p_cut=p_cut, fc_source=fc_source,
-                          positive=positive, genes=gene_list)
+                          positive=positive, genes=gene_list, gene_slides=gene_slides, min_epochs=min_epochs,
+                          standardize=standardize, hidden_dim=hidden_dim, attn_dim=attn_dim,
+                          decision_threshold=decision_threshold,
+                          **({"val_fraction": val_fraction} if val_fraction is not None else {}))
         r = run_train(store, s, notify=notify)
     if r.children or r.task.endswith(":*"):
         click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")

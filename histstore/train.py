@@ -31,7 +31,8 @@ from histstore.progress import progress_bar
 from histstore.catalog.runs import require_run
 from histstore.runs import create_run, end_run, refuse_if_alive, run_outcome, write_metrics
 from histstore.store import Store
-from histstore.tasks import TaskSpec, parse_task, positive_class, task_targets
+from histstore.tasks import (GENE_SLIDES, TUMOUR_TASK, TaskSpec, gene_task_slides, parse_task, positive_class,
+                             task_targets)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ class TrainSettings:
     fc_source: str | None = None
     positive: str | None = None
     genes: tuple[str, ...] | None = None  # multi-gene run: task is the kind (de, up, down, fc)
+    gene_slides: str = "tumour"  # gene tasks: the case's tumour slides, or all its slides
+    standardize: bool = True  # z-score features with each fold's training statistics
+    min_epochs: int = 1  # no early stop before this epoch
+    hidden_dim: int | None = None  # model size (None: the model's default, e.g. HistCode's 512)
+    attn_dim: int | None = None
+    decision_threshold: str = "0.5"  # binary tasks: "0.5", or chosen on the "val" or "train" bags
+    val_fraction: float = 1 / 9  # of each fold's non-test cases (HistCode's 80/10/10); 0: none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,6 +83,7 @@ class Prepared:
     n_without_target: int
     n_without_embedding: int
     notes: list[str] = field(default_factory=list)
+    n_not_tumour: int = 0  # gene tasks: slides left out for not being tumour slides
 
 
 @dataclass
@@ -116,8 +125,22 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
     tt = task_targets(conn, spec, members)
     have = set(query_numpy(conn, "SELECT slide_id FROM embedding_arrays WHERE embedding_set_id = $1",
                            [info.embedding_set_id])["slide_id"].tolist())
-    keep = [i for i, sid in enumerate(tt.slide_ids) if sid in have]
-    n_no_emb = len(tt.slide_ids) - len(keep)
+    notes = []
+    n_not_tumour = 0
+    if spec.gene is not None:
+        gene_slides = gene_task_slides(conn, [str(x) for x in tt.slide_ids], s.gene_slides)
+        n_not_tumour = len(gene_slides.left_out)
+        if n_not_tumour:
+            notes.append(f"{n_not_tumour} slides that are not labelled tumour (task {TUMOUR_TASK}) left out: "
+                         "fold changes are measured on the tumour sample (--gene-slides all includes them)")
+        elif s.gene_slides == "tumour" and not gene_slides.labelled:
+            notes.append(f"no {TUMOUR_TASK} labels for these slides: every slide carries its case's fold change")
+        chosen = set(gene_slides.keep)
+        tt_keep = [i for i, sid in enumerate(tt.slide_ids) if sid in chosen]
+    else:
+        tt_keep = range(len(tt.slide_ids))
+    keep = [i for i in tt_keep if tt.slide_ids[i] in have]
+    n_no_emb = len(tt_keep) - len(keep)
     if not keep:
         raise MissingStep(f"no slide of cohort {s.cohort!r} has both a {spec.name} target and an "
                           f"array in embedding set {info.name!r}",
@@ -142,33 +165,35 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
             classes = present
         index = {c: i for i, c in enumerate(classes)}
         targets = np.asarray([index[str(v)] for v in values], dtype=np.int64)
-    notes = []
-    if spec.gene is not None:
+    if spec.gene is not None and s.gene_slides == "all":
         # fold changes are measured per case on the tumour sample; a normal slide given its
         # case's value teaches the model to find tumour expression where there is no tumour
         normal = conn.exec_driver_sql(
-            "SELECT count(*) FROM slide_labels WHERE task = 'tumor' AND value = 'normal' "
+            f"SELECT count(*) FROM slide_labels WHERE task = '{TUMOUR_TASK}' AND value = 'normal' "
             "AND slide_id IN (SELECT unnest(?::VARCHAR[]))", (slide_ids,)).scalar()
         if normal:
-            notes.append(f"{normal} of {len(slide_ids)} slides are labelled normal (task tumor) but carry "
-                         "their case's fold change; a cohort of tumour slides is usually what you want")
+            notes.append(f"{normal} of {len(slide_ids)} slides are labelled normal (task {TUMOUR_TASK}) but "
+                         "carry their case's fold change (--gene-slides all)")
     n_cases = len(set(case_ids))
     if n_cases < s.folds:
         raise InvalidInput(f"{n_cases} cases in cohort {s.cohort!r} with a {spec.name} target and "
                            f"embeddings: fewer than --folds {s.folds}")
     return Prepared(spec, info, slide_ids, case_ids, values, targets, classes, len(tt.missing), n_no_emb,
-                    notes)
+                    notes, n_not_tumour)
 
 
 def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
     from histstore.mil.train_config import TrainConfig
 
     cfg = {"dropout": s.dropout} if s.dropout else {}
+    cfg |= {k: v for k, v in (("hidden_dim", s.hidden_dim), ("attn_dim", s.attn_dim)) if v is not None}
     return TrainConfig(model=s.model, model_cfg=cfg,
                        task="regression" if spec.is_regression else "classification",
                        n_classes=None if spec.is_regression else n_classes, epochs=s.epochs,
-                       patience=s.patience, lr=s.lr, weight_decay=s.weight_decay,
-                       bags_per_step=s.bags_per_step, class_weight=s.class_weight, select_on=s.select_on)
+                       patience=s.patience, min_epochs=s.min_epochs, lr=s.lr, weight_decay=s.weight_decay,
+                       bags_per_step=s.bags_per_step, class_weight=s.class_weight, select_on=s.select_on,
+                       standardize_features=s.standardize,
+                       decision_threshold=s.decision_threshold if not spec.is_regression else "0.5")
 
 
 def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tuple[str, str]:
@@ -178,6 +203,7 @@ def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tup
     import torch
 
     from histstore.hashing import sha256_file
+    from histstore.mil.standardize import CHECKPOINT_KEY
 
     ckpt_rel = f"checkpoints/runs/{run_id}/fold{int(result.fold)}.pt"
     path = store.resolve(ckpt_rel)
@@ -185,7 +211,9 @@ def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tup
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     torch.save({"model_spec": result.model_spec, "state_dict": result.model_state,
                 "classes": p.classes, "target_scale": list(result.target_scale) if result.target_scale else None,
-                "embedding_set": p.info.name}, tmp)
+                "embedding_set": p.info.name, "decision_threshold": result.threshold,
+                # (x - mean) / std before the model; None when the run did not standardise
+                CHECKPOINT_KEY: result.feature_stats.to_checkpoint() if result.feature_stats else None}, tmp)
     os.replace(tmp, path)
     return ckpt_rel, sha256_file(path)
 
@@ -213,6 +241,8 @@ def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, bags, result, ckp
     metric_rows = [{"fold": fold, "subset": subset, "name": k, "value": v}
                    for subset, m in result.metrics.items() for k, v in m.values.items()]
     metric_rows.append({"fold": fold, "subset": "val", "name": "best_epoch", "value": result.best_epoch})
+    if result.threshold is not None:
+        metric_rows.append({"fold": fold, "subset": "val", "name": "decision_threshold", "value": result.threshold})
     metric_rows.append({"fold": fold, "subset": "train", "name": "seconds_per_epoch",
                         "value": result.seconds_per_epoch})
     for h in result.history:
@@ -251,6 +281,8 @@ def _cohort_stats(conn: sa.Connection, p: Prepared, s: TrainSettings) -> list[di
         out.append({"subset": "cohort", "name": "mean_abs_log2fc", "value": lfc})
     if not p.spec.is_regression:
         out.append({"subset": "cohort", "name": "positive_fraction", "value": float(np.mean(p.targets == len(p.classes) - 1))})
+    if p.spec.gene is not None:
+        out.append({"subset": "cohort", "name": "n_not_tumour_left_out", "value": float(p.n_not_tumour)})
     out.append({"subset": "cohort", "name": "n_bags", "value": float(len(p.slide_ids))})
     out.append({"subset": "cohort", "name": "n_cases", "value": float(len(set(p.case_ids)))})
     return out
@@ -283,7 +315,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
     config = _train_config(s, spec, max(2, len(p.classes)))
     if resume_run is None:
         splits = make_splits(p.case_ids, p.labels if not spec.is_regression else p.targets, s.folds,
-                             seed=s.seed, task=config.task)
+                             seed=s.seed, task=config.task, val_fraction=s.val_fraction)
         with store.commit("a new training run") as conn:
             run_id = create_run(conn, kind="train", settings={**s.to_dict(), "task": spec.name, "genes": None,
                                                               "task_spec": spec.to_dict(),
@@ -377,6 +409,10 @@ def train(store: Store, s: TrainSettings, show_progress: bool = True,
         raise InvalidInput(f"unknown model {s.model!r}; choose one of {', '.join(model_names())}")
     if s.folds < 2:
         raise InvalidInput("--folds must be >= 2")
+    if not 0.0 <= s.val_fraction < 1.0:
+        raise InvalidInput(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
+    if s.gene_slides not in GENE_SLIDES:
+        raise InvalidInput(f"--gene-slides must be one of {', '.join(GENE_SLIDES)}, got {s.gene_slides!r}")
     with store.session():
         if not s.genes:
             spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
@@ -453,6 +489,9 @@ def resume(store: Store, run_id: int, show_progress: bool = True,
     for k in ("task_spec", "train_config", "classes"):
         st.pop(k, None)
     st["genes"] = None
+    # runs started before these choices existed used every slide, unstandardised features
+    st.setdefault("gene_slides", "all")
+    st.setdefault("standardize", False)
     s = TrainSettings(**st)
     spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
     with store.session():

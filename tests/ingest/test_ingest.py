@@ -136,11 +136,20 @@ def test_real_slide(store, real_slide, cli):
     (sid, mpp, obj, vendor, w, h), = _table(store, "SELECT slide_id, mpp, objective_power, vendor, width, height FROM slides")
     assert sid == "cmu_small_region" and mpp == pytest.approx(0.499) and obj == 20
     assert vendor == "aperio" and (w, h) == (2220, 2967)
-    (n_tiles, area_mm2, size_l0), = _table(store, "SELECT n_tiles, tissue_area_mm2, size_l0 FROM tilings")
+    (n_tiles, area_mm2, size_l0, min_tissue, settings), = _table(
+        store, "SELECT n_tiles, tissue_area_mm2, size_l0, min_tissue, settings FROM tilings")
     tile_mm2 = (size_l0 * 0.499 / 1000) ** 2
-    # tiles need >= 50% tissue, so their total area is close to (a bit under) the tissue area
-    assert 0.5 * area_mm2 <= n_tiles * tile_mm2 <= 1.3 * area_mm2
+    # the default (CLAM's rule) keeps tiles touching the tissue: they cover a bit more than it
+    assert 1.0 * area_mm2 <= n_tiles * tile_mm2 <= 1.5 * area_mm2
     assert 50 < n_tiles < (w // size_l0) * (h // size_l0)
+    assert min_tissue is None and settings["tile_rule"] == "clam-four-pt" and "min_tissue" not in settings
+    assert "clam-four-pt" in r.output
+    # the old rule, asked for, is a second tiling of the same slide with fewer tiles
+    assert "--min-tissue goes with --tile-rule min-tissue" in cli("ingest", real_slide, "--min-tissue", "0.5").output
+    r = cli("ingest", real_slide, "--tile-rule", "min-tissue", "--min-tissue", "0.5")
+    assert r.exit_code == 0 and "min tissue 0.5" in r.output and "1 ingested" in r.output, r.output
+    rows = _table(store, "SELECT min_tissue, n_tiles FROM tilings ORDER BY tiling_id")
+    assert rows[0] == (None, n_tiles) and rows[1][0] == 0.5 and rows[1][1] < n_tiles
 
 
 def test_unknown_mpp_needs_assume_mpp(store, tmp_path, cli):
