@@ -137,7 +137,7 @@ class AdCo(nn.Module):
         how many were filled."""
         with autocast(x.device.type, amp_dtype):
             k = self.encoder_k(x)
-        return self.bank.init_from_keys(self.dp.all_gather(k.float()))
+        return self.bank.init_from_keys(self.dp.all_gather(k))
 
     @torch.no_grad()
     def shuffled_keys(
@@ -156,7 +156,7 @@ class AdCo(nn.Module):
         xs = dp.all_gather(x)
         mine = perm[dp.rank * n:(dp.rank + 1) * n].to(x.device)
         with autocast(x.device.type, amp_dtype):
-            k_mine = self.encoder_k(xs[mine].contiguous(memory_format=torch.channels_last)).float()
+            k_mine = self.encoder_k(xs[mine].contiguous(memory_format=torch.channels_last))
         slots = dp.all_gather(k_mine)  # slot i holds the key of global row perm[i]
         k = torch.empty_like(slots)
         k[perm.to(slots.device)] = slots

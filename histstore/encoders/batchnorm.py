@@ -13,7 +13,7 @@ from those shared statistics instead of from the image ("BN leakage", He et al.,
   Contiguous chunks (not samples n mod s) so that one process with s groups computes exactly
   what s ranks with one group each compute, and so that channels-last inputs need no copy.
 - SimCLR: statistics over the whole global batch (the SimCLR paper's "global BN");
-  `GlobalBatchNorm2d` all-reduces sums across ranks, with gradients (SyncBatchNorm's
+  `GlobalBatchNorm2d` merges every rank's statistics, with gradients (SyncBatchNorm's
   semantics, usable on CPU/gloo where torch's SyncBatchNorm is not).
 
 Both keep BatchNorm2d's parameters and buffers (weight, bias, running_mean, running_var,
@@ -71,24 +71,30 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the whole global batch.
 
-    `all_reduce_sum`: a differentiable sum over ranks (see `distributed.DataParallel`); None
-    (one process) makes this a plain BatchNorm2d.
+    `all_gather`: a differentiable gather over ranks (`distributed.DataParallel.
+    all_gather_with_grad`); None (one process) makes this a plain BatchNorm2d. Each rank sends
+    its count, mean and sum of squared deviations, merged as Chan et al.'s parallel variance
+    (what SyncBatchNorm does): no cancellation from E[x^2] - E[x]^2.
     """
 
-    def __init__(self, num_features: int, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None, **kw):
+    def __init__(self, num_features: int, all_gather: Callable[[torch.Tensor], torch.Tensor] | None = None, **kw):
         super().__init__(num_features, **kw)
-        self.all_reduce_sum = all_reduce_sum
+        self.all_gather = all_gather
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.all_reduce_sum is None:
+        if not self.training or self.all_gather is None:
             return super().forward(x)
-        xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
-        stats = self.all_reduce_sum(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)  # biased, as BN normalises
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        n_local = x.numel() // c
+        mean_local = xf.mean((0, 2, 3))
+        m2_local = ((xf - mean_local.view(1, c, 1, 1)) ** 2).sum((0, 2, 3))
+        count = torch.full((1,), float(n_local), device=x.device, dtype=xf.dtype)
+        parts = self.all_gather(torch.cat([count, mean_local, m2_local]).unsqueeze(0))  # [world, 1 + 2c]
+        counts, means, m2s = parts[:, :1], parts[:, 1:1 + c], parts[:, 1 + c:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = ((m2s + counts * (means - mean) ** 2).sum(0) / n)  # biased, as BN normalises
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -103,29 +109,25 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
-def _replace_bn(module: nn.Module, make: Callable[[nn.BatchNorm2d], nn.BatchNorm2d]) -> nn.Module:
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            new = make(child)
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            new.to(device=child.weight.device if child.weight is not None else None)
-            setattr(module, name, new)
-        else:
-            _replace_bn(child, make)
+def _convert_bn(module: nn.Module, cls: type, **attrs) -> nn.Module:
+    """Every BatchNorm2d of `module` becomes a `cls` in place: the same module object with the
+    same Parameter and buffer objects (so an optimiser that holds them keeps working, and
+    dtype and device stay), only its forward changes."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            if type(m) not in (nn.BatchNorm2d, cls):
+                raise TypeError(f"cannot make a {type(m).__name__} a {cls.__name__}")
+            m.__class__ = cls
+            for k, v in attrs.items():
+                setattr(m, k, v)
     return module
-
-
-def _bn_kwargs(bn: nn.BatchNorm2d) -> dict:
-    return dict(eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
 
 
 def use_split_bn(module: nn.Module, splits: int = 1) -> nn.Module:
-    """Every BatchNorm2d of `module` -> SplitBatchNorm2d (same state); sets `splits` on all."""
-    _replace_bn(module, lambda bn: bn if isinstance(bn, SplitBatchNorm2d)
-                else SplitBatchNorm2d(bn.num_features, **_bn_kwargs(bn)))
-    set_bn_splits(module, splits)
-    return module
+    """Every BatchNorm2d of `module` -> SplitBatchNorm2d with `splits` groups (in place)."""
+    if splits < 1:
+        raise ValueError(f"BN splits must be >= 1, got {splits}")
+    return _convert_bn(module, SplitBatchNorm2d, splits=int(splits))
 
 
 def set_bn_splits(module: nn.Module, splits: int) -> None:
@@ -136,17 +138,9 @@ def set_bn_splits(module: nn.Module, splits: int) -> None:
             m.splits = int(splits)
 
 
-def use_global_bn(module: nn.Module, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None) -> nn.Module:
-    """Every BatchNorm2d of `module` -> GlobalBatchNorm2d over `all_reduce_sum` (same state)."""
-    def make(bn):
-        new = bn if isinstance(bn, GlobalBatchNorm2d) else GlobalBatchNorm2d(bn.num_features, **_bn_kwargs(bn))
-        return new
-
-    _replace_bn(module, make)
-    for m in module.modules():
-        if isinstance(m, GlobalBatchNorm2d):
-            m.all_reduce_sum = all_reduce_sum
-    return module
+def use_global_bn(module: nn.Module, all_gather: Callable[[torch.Tensor], torch.Tensor] | None) -> nn.Module:
+    """Every BatchNorm2d of `module` -> GlobalBatchNorm2d over `all_gather` (in place)."""
+    return _convert_bn(module, GlobalBatchNorm2d, all_gather=all_gather)
 
 
 def bn_buffers(module: nn.Module) -> list[torch.Tensor]:

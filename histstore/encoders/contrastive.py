@@ -48,8 +48,12 @@ def wrap_data_parallel(encoder: nn.Module, dp: DataParallel, device: torch.devic
     step: they are averaged over ranks at checkpoints (`batchnorm.bn_buffers`)."""
     if not dp.active:
         return None
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(_Views(encoder), device_ids=ids, broadcast_buffers=False,
-                                   process_group=dp.group)
+    # no buffer sync before each forward (torch >= 2.14 names it forward_sync_buffers)
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
+    return DistributedDataParallel(_Views(encoder), device_ids=ids, process_group=dp.group, **no_sync)

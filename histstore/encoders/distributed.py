@@ -67,12 +67,6 @@ class DataParallel:
             t.div_(self.world_size)
         return t
 
-    def all_reduce_sum_with_grad(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks; backward sums the gradients over ranks (global batch statistics)."""
-        if not self.active or self.world_size == 1:
-            return t
-        return _SumWithGrad.apply(t, self)
-
     @torch.no_grad()
     def broadcast_(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.active and self.world_size > 1:
@@ -173,21 +167,6 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, group=dp.group)  # every rank's loss uses every row
         return grad[dp.rank * ctx.n:(dp.rank + 1) * ctx.n], None
-
-
-class _SumWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t, dp: DataParallel):
-        ctx.dp = dp
-        t = t.clone()
-        dist.all_reduce(t, group=dp.group)
-        return t
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.dp.group)
-        return grad, None
 
 
 # -- launching workers on this machine (`histstore pretrain --nproc-per-node N`) ---------------

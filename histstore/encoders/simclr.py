@@ -63,7 +63,7 @@ class SimCLR(nn.Module):
         """Take part in data-parallel training (call after moving to `device`): rank 0's state
         everywhere, global-batch BN, gradients averaged over ranks by DDP."""
         if dp.world_size > 1:
-            use_global_bn(self.encoder, dp.all_reduce_sum_with_grad)
+            use_global_bn(self.encoder, dp.all_gather_with_grad)
         self.dp = dp
         dp.broadcast_state(self)
         self.__dict__["_forward"] = wrap_data_parallel(self.encoder, dp, device)
