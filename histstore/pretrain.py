@@ -124,11 +124,12 @@ class PretrainReport:
 
 
 def _batches_factory(dataset, batch_size: int, workers: int, stain_norm: str, seed: int,
-                     rank: int = 0, world_size: int = 1):
+                     rank: int = 0, world_size: int = 1, pin_memory: bool = False):
     """(epoch, skip) -> iterable of uint8 [b, H, W, 3], b = batch_size / world_size: this rank's
     rows [rank * b, (rank + 1) * b) of each global batch of a fresh seeded shuffle per epoch
     (the same order whatever the number of ranks), skipping the global batches an interrupted
-    run already used (exact resume)."""
+    run already used (exact resume). pin_memory: page-locked batches (GPU), so the copy to the
+    device is asynchronous."""
     import torch
 
     from histstore.embeddings.dataset import TileCollate, worker_options
@@ -141,7 +142,7 @@ def _batches_factory(dataset, batch_size: int, workers: int, stain_norm: str, se
         batches = order[skip * batch_size:usable].reshape(-1, batch_size)
         mine = batches[:, rank * b:(rank + 1) * b].reshape(-1).tolist()
         loader = torch.utils.data.DataLoader(dataset, batch_size=b, sampler=mine,
-                                             collate_fn=TileCollate(stain_norm), drop_last=True,
+                                             collate_fn=TileCollate(stain_norm), drop_last=True, pin_memory=pin_memory,
                                              num_workers=workers, **worker_options(workers, persistent=False))
         return (tiles for tiles, _ in loader)
 
@@ -281,7 +282,8 @@ def _pretrain_rank0(store: Store, s: PretrainSettings, resume: bool, show_progre
 
             resumed_from = int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else 0
         workers = _loader_workers(s, device)
-        batches = _batches_factory(dataset, s.batch_size, workers, s.stain_norm, s.seed, 0, dp.world_size)
+        batches = _batches_factory(dataset, s.batch_size, workers, s.stain_norm, s.seed, 0, dp.world_size,
+                                   pin_memory=device.type == "cuda")
         plan = {"slides": slides, "steps": steps, "model_config": model_cfg, "train_config": train_cfg,
                 "checkpoint": str(ckpt), "resume": resume and ckpt.is_file()}
         dp.broadcast_object(plan)  # the other ranks wait for it (they never open the catalog)
@@ -342,7 +344,7 @@ def _pretrain_other_rank(s: PretrainSettings, dp, device) -> None:
     model = model_cls(config_from_dict(config_cls, plan["model_config"]), weights_path=s.weights)
     dataset = TileDataset(plan["slides"])
     batches = _batches_factory(dataset, s.batch_size, _loader_workers(s, device), s.stain_norm, s.seed,
-                               dp.rank, dp.world_size)
+                               dp.rank, dp.world_size, pin_memory=device.type == "cuda")
     pretrain_loop(model, batches, plan["train_config"], device=device, checkpoint_path=plan["checkpoint"],
                   resume=plan["resume"], log_every=s.log_every, dp=dp)
 
