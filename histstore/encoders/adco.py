@@ -24,7 +24,10 @@ Under data parallelism each rank holds bn_splits / world groups and the key enco
 is gathered from all ranks before the permutation, as in the official code.
 
 Before training, `init_bank_step` is called on batches until the bank is full of keys (every
-rank's keys, gathered, in global order: the bank is identical on every rank).
+rank's keys, gathered, in global order: the bank is identical on every rank). The official
+code's initialisation pass (`init_memory`) also takes SGD steps of the query encoder against
+the partly filled bank and then copies it into the key encoder; here that pass only fills the
+bank (the two encoders start equal, as they do there after the copy).
 """
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ independent randomness per sample:
 - colour jitter factors and the order of the four ops are drawn per sample; the formulas are
   torchvision's (brightness/contrast/saturation blends, hue shift in HSV).
 - blur: per-sample separable Gaussian kernels applied with one grouped convolution.
-Random numbers come from a CPU `torch.Generator` (pass one for reproducibility).
+Random numbers come from a CPU `torch.Generator` (pass one for reproducibility). `draw` makes
+a view's random choices and `apply` applies them: data-parallel training draws for the whole
+global batch on every rank and applies each rank's rows (`rows=` of `augmented_view`), so a
+sample is augmented the same way whatever the number of ranks.
 
 Input x: float [B, 3, H, W] in [0, 1]. Output: float [B, 3, S, S] in [0, 1] (S = out_size or H).
 `two_views` turns uint8 tiles [B, H, W, 3] into two ImageNet-normalised channels_last views.
