@@ -24,6 +24,7 @@ from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.catalog.cohorts import cohort_slide_ids, require_cohort
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
+from histstore.evaluation.case_level import case_metric_rows
 from histstore.progress import progress_bar
 from histstore.catalog.runs import require_run
 from histstore.runs import create_run, end_run, run_outcome, write_metrics
@@ -190,6 +191,9 @@ def _write_fold(store: Store, conn: sa.Connection, run_id: int, p: Prepared, bag
                                          "tile_id": tile_ids, "score": scores})
     metric_rows = [{"fold": fold, "subset": subset, "name": k, "value": v}
                    for subset, m in result.metrics.items() for k, v in m.values.items()]
+    # patient level: slide scores averaged per case (case_auc, case_accuracy, ...)
+    metric_rows += case_metric_rows(fold, {"val": result.val, "test": result.test}, p.case_ids,
+                                    p.spec.is_regression, None if p.spec.is_regression else len(p.classes))
     metric_rows.append({"fold": fold, "subset": "val", "name": "best_epoch", "value": result.best_epoch})
     metric_rows.append({"fold": fold, "subset": "train", "name": "seconds_per_epoch",
                         "value": result.seconds_per_epoch})
@@ -310,7 +314,8 @@ def _summary(conn: sa.Connection, run_id: int) -> dict[str, tuple[float, float]]
     rows = conn.exec_driver_sql(
         "SELECT metric, mean, sd FROM run_summary WHERE run_id = ? AND subset = 'test' ORDER BY 1",
         (run_id,)).all()
-    return {m: (mean, sd) for m, mean, sd in rows}
+    # a metric undefined in every fold (e.g. AUC with one class per test fold) is NaN, not absent
+    return {m: (math.nan if mean is None else mean, math.nan if sd is None else sd) for m, mean, sd in rows}
 
 
 def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
@@ -367,7 +372,7 @@ def _train_genes(store: Store, conn: sa.Connection, s: TrainSettings, show_progr
             SELECT r.task, s.mean, m.value FROM runs r
             JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
             JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
-            WHERE r.parent_run_id = ? AND r.status = 'finished'""",
+            WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
             ("pearson" if kind == "fc" else "auc", parent)).all()
         parent_metrics = [{"name": "n_genes", "value": float(len(genes))},
                           {"name": "n_genes_trained", "value": float(len(rows))}]

@@ -127,6 +127,7 @@ def synth_cohort(
     BH-adjusted within the case.
     """
     from histstore.errors import InvalidInput
+    from histstore.evaluation.stats import bh_adjust
 
     if n_slides < 1:
         raise InvalidInput("n_slides must be >= 1")
@@ -201,7 +202,7 @@ def synth_cohort(
     for c in case_ids:
         lfc = lfcs[c]
         p = np.array([math.erfc(abs(v) / 0.5 / math.sqrt(2)) for v in lfc])
-        for (g, _, _), v, q in zip(GENES, lfc, _bh_adjust(p)):
+        for (g, _, _), v, q in zip(GENES, lfc, bh_adjust(p)):
             rows.append([c, g, f"{v:.4f}", f"{q:.4g}"])
     _write_csv(foldchanges, ["case_id", "gene", "log2_fold_change", "p_adj"], rows)
 
@@ -243,14 +244,3 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
-
-
-def _bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values."""
-    n = p.size
-    order = np.argsort(p)
-    ranked = p[order] * n / np.arange(1, n + 1)
-    adj = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.clip(adj, 0, 1)
-    return out
