@@ -60,7 +60,7 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, min_ti
               help="Tissue source sites: cases are spread over them, each with its own stain vectors, "
                    "stain intensities and scanner blur (1: the reference stain, no blur).")
 @click.option("--stain-variation", type=float, default=1.0, show_default=True,
-              help="How much sites differ (0: not at all; 1: about as TCGA sites do; up to 3).")
+              help="How much sites differ (0: not at all; 1: visible shifts of hue, intensity and sharpness; up to 3).")
 @click.option("--slides-per-case", default="2", show_default=True,
               help="Slides per case: a number (alternating tumour, normal, tumour, ...) or LOW-HIGH "
                    "(drawn per case, starting with tumour or normal at random).")

@@ -20,9 +20,8 @@ OD_EOSIN = np.array([0.3, 1.0, 0.5], np.float32)
 OD_GLASS = np.array([0.045, 0.05, 0.055], np.float32)
 
 # At stain_variation 1: log-sd of each OD channel, half-range of the intensity factors
-# (log-uniform), and the largest scanner blur (sigma, um). Chosen so that sites differ about
-# as much as TCGA tissue source sites do to the eye: hue shifts towards blue or magenta,
-# paler or darker slides, and a slightly soft scanner.
+# (log-uniform), and the largest scanner blur (sigma, um). Chosen by eye: hue shifts towards
+# blue or magenta, paler or darker slides, a slightly soft scanner (not fitted to real sites).
 _OD_LOG_SD = 0.12
 _INTENSITY_LOG_RANGE = 0.25
 _MAX_BLUR_UM = 0.8
