@@ -17,7 +17,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-BENCHMARKS = ["ingest", "tiles", "embed", "bags", "mil", "catalog", "heatmap", "pretrain", "encoders"]
+BENCHMARKS = ["ingest", "tiles", "embed", "bags", "mil", "catalog", "heatmap", "pretrain", "encoders",
+              "mil_sweep", "encoder_probe"]
 HERE = Path(__file__).resolve().parent
 
 
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
             failures.append((name, f"{type(exc).__name__}: {exc}"))
             traceback.print_exc()
     table = ["| benchmark | histstore | compared with | ratio | ratio means |", "|---|---|---|---|---|"]
-    table += [f"| {r.benchmark} | {r.measured} | {r.versus} | {r.ratio:.2f} | {r.meaning} |" for r in rows]
+    table += [f"| {r.benchmark} | {r.measured} | {r.versus} | {'-' if r.ratio is None else f'{r.ratio:.2f}'} "
+              f"| {r.meaning} |" for r in rows]
     print("\n".join(table))
     for name, err in failures:
         print(f"FAILED {name}: {err}")
