@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
