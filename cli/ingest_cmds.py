@@ -64,10 +64,42 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, tile_r
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--slides", "n_slides", type=int, default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(out_dir, n_slides, seed):
-    """Write a synthetic H&E-like cohort (pyramidal TIFFs, manifest, labels, fold changes)."""
-    from histstore.wsi.synth import synth_cohort
+@click.option("--size", type=int, default=2048, show_default=True, help="Slide side in level-0 pixels.")
+@click.option("--mpp", type=float, default=0.5, show_default=True, help="Level-0 um/px.")
+@click.option("--witness-rate", default="0.1-0.5", show_default=True,
+              help="Fraction of a tumour slide's tissue that is tumour: a value (every tumour slide "
+                   "alike, e.g. 0.01 for a few tumour tiles among hundreds) or LOW-HIGH (drawn per case).")
+@click.option("--contrast", type=float, default=1.0, show_default=True,
+              help="How different tumour looks, 0 (drawn as stroma: no signal) to 1 (large, dense, dark, "
+                   "irregular nuclei, little eosin).")
+@click.option("--sites", type=int, default=1, show_default=True,
+              help="Tissue source sites: cases are spread over them, each with its own stain vectors, "
+                   "stain intensities and scanner blur (1: the reference stain, no blur).")
+@click.option("--stain-variation", type=float, default=1.0, show_default=True,
+              help="How much sites differ (0: not at all; 1: visible shifts of hue, intensity and sharpness; up to 3).")
+@click.option("--slides-per-case", default="2", show_default=True,
+              help="Slides per case: a number (alternating tumour, normal, tumour, ...) or LOW-HIGH "
+                   "(drawn per case, starting with tumour or normal at random).")
+@click.option("--gene-regions", is_flag=True,
+              help="Tie each gene's fold change to a subregion of the tumour with that gene's own "
+                   "morphology (default: fold changes follow the case's tumour burden).")
+def synth(out_dir, n_slides, seed, size, mpp, witness_rate, contrast, sites, stain_variation, slides_per_case,
+          gene_regions):
+    """Write a synthetic H&E-like cohort (pyramidal TIFFs, manifest, labels, sites, fold changes).
 
-    cohort = synth_cohort(out_dir, n_slides=n_slides, seed=seed)
-    click.echo(f"wrote {n_slides} synthetic slides to {out_dir} "
-               f"(manifest: {cohort.manifest}, labels: {cohort.labels}, fold changes: {cohort.foldchanges})")
+    The difficulty settings and the ground truth (planted tumour regions, gene subregions,
+    sites, per-case witness rates) go to truth.json. docs/synthetic.md describes the model.
+    """
+    from histstore.wsi.synth import synth_cohort
+    from histstore.wsi.synth.difficulty import parse_range
+
+    cohort = synth_cohort(out_dir, n_slides=n_slides, seed=seed, size=(size, size), mpp=mpp,
+                          slides_per_case=parse_range(slides_per_case, int, "--slides-per-case"),
+                          witness_rate=parse_range(witness_rate, float, "--witness-rate"),
+                          contrast=contrast, sites=sites, stain_variation=stain_variation,
+                          gene_regions=gene_regions)
+    n_tumour = sum(s.tumor for s in cohort.slides)
+    click.echo(f"wrote {n_slides} synthetic slides ({n_tumour} tumour, {len(cohort.case_burden)} cases, "
+               f"{sites} site{'s' if sites > 1 else ''}) to {out_dir} (manifest: {cohort.manifest}, "
+               f"labels: {cohort.labels}, sites: {cohort.sites}, fold changes: {cohort.foldchanges}, "
+               f"truth: {cohort.truth_path})")

@@ -10,10 +10,16 @@ from histstore.cli.common import (HiststoreGroup, RegistryChoice, emit_rows, for
 
 
 def _fmt_summary(summary: dict) -> str:
-    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "f1", "mse", "pearson", "spearman") if k in summary]
-    return ", ".join(f"{k} {summary[k][0]:.3f} ± {summary[k][1]:.3f}"
-                     if summary[k][1] is not None and not math.isnan(summary[k][1]) else f"{k} {summary[k][0]:.3f}"
-                     for k in keys)
+    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "f1", "mse", "pearson", "spearman", "case_auc",
+                        "case_accuracy", "case_pearson") if k in summary]
+
+    def one(k):
+        mean, sd = summary[k]
+        if mean is None or math.isnan(mean):
+            return f"{k} undefined in every fold"
+        return f"{k} {mean:.3f} ± {sd:.3f}" if sd is not None and not math.isnan(sd) else f"{k} {mean:.3f}"
+
+    return ", ".join(one(k) for k in keys)
 
 
 @click.command()
@@ -126,6 +132,9 @@ def runs_show(store, run_id):
     """A run's settings, per-fold and summary metrics (per-gene table for gene runs)."""
     import json
 
+    import pyarrow as pa
+
+    from histstore.evaluation.pooled import N_BOOT, N_PERM
     from histstore.runs import show_run
 
     r = show_run(store, run_id)
@@ -135,16 +144,29 @@ def runs_show(store, run_id):
     click.echo(f"seed {run['seed']}, code {run['code_version']}, started {run['started_at']}, "
                f"finished {run['finished_at']}")
     if r.summary.num_rows:
-        click.echo("\ntest metrics (mean ± sd over folds):")
+        click.echo("\ntest metrics (mean ± sd over the n_folds folds where each is defined; "
+                   "undefined_folds: where it is not, e.g. one class in the fold):")
         emit_rows(r.summary)
     if r.per_fold.num_rows:
-        click.echo("\nper fold (test):")
+        click.echo("\nper fold (test; case_*: slide scores averaged per case):")
         emit_rows(r.per_fold)
+    st = r.statistics
+    if st is not None and len(st.intervals):
+        click.echo(f"\npooled test predictions, 95 % intervals from {N_BOOT} case-stratified bootstrap "
+                   "resamples (computed now, not stored):")
+        emit_rows(pa.Table.from_pandas(st.intervals, preserve_index=False))
     if r.children is not None:
         click.echo("\nper gene:")
         emit_rows(r.children)
+    if st is not None and st.gene_tests is not None and len(st.gene_tests):
+        click.echo(f"\nper gene, pooled test AUC against chance: one-sided permutation p ({N_PERM:,} "
+                   f"permutations of labels within folds; p >= {1 / (N_PERM + 1):.1e}), Benjamini-Hochberg q; "
+                   "passes: q < 0.05:")
+        emit_rows(pa.Table.from_pandas(st.gene_tests, preserve_index=False))
     if r.parent_metrics:
         click.echo("\n" + ", ".join(f"{k} = {v:.4g}" for k, v in r.parent_metrics.items()))
+    for n in (st.notes if st is not None else []):
+        click.echo(f"note: {n}", err=True)
     click.echo("\nsettings: " + json.dumps({k: v for k, v in run["settings"].items()
                                           if k not in ("train_config", "task_spec")}, default=str))
 
@@ -155,7 +177,13 @@ def runs_show(store, run_id):
 @format_option()
 @pass_store
 def compare(store, run_ids, subset, fmt):
-    """Runs side by side: one row per metric, mean ± sd over folds (the paper's Table 1)."""
-    from histstore.runs import compare_runs
+    """Runs side by side: one row per metric, mean ± sd over folds with the number of folds
+    (the paper's Table 1); pooled test AUC and accuracy with 95 % case-bootstrap intervals
+    (slide and case level); for runs on the first run's splits, paired tests of the AUC
+    difference (DeLong, paired case bootstrap)."""
+    from histstore.runs import compare as run_compare
 
-    emit_rows(compare_runs(store, list(run_ids), subset), fmt)
+    c = run_compare(store, list(run_ids), subset)
+    emit_rows(c.table, fmt)
+    for n in c.notes:
+        click.echo(n, err=True)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,11 @@ def list_runs(store: Store, kind: str | None = None, cohort: str | None = None) 
     return pa.table(cols)
 
 
-def show_run(store: Store, run_id: int | str) -> RunReport:
+def show_run(store: Store, run_id: int | str, statistics: bool = True) -> RunReport:
+    """A run's report with its state (histstore.liveness: a dead process shows as interrupted);
+    with statistics, also the intervals on its pooled test predictions and, for a gene run,
+    the per-gene permutation tests (computed now, not stored)."""
+    from histstore.evaluation.run_stats import run_statistics
     from histstore.liveness import (HEARTBEAT_AGE_SQL, age_text, effective_status, progress_text,
                                     why_interrupted)
 
@@ -133,6 +138,8 @@ def show_run(store: Store, run_id: int | str) -> RunReport:
         live = conn.exec_driver_sql(
             f"SELECT r.progress_done, r.progress_total, r.progress_unit, {HEARTBEAT_AGE_SQL} "
             "FROM runs r WHERE r.run_id = ?", (rid,)).one()
+        if statistics and rep.run["kind"] == "train":
+            rep.statistics = run_statistics(conn, rep.run)
     run = rep.run
     state = effective_status(run["status"], run["host"], run.get("pid"), live[3])
     progress = progress_text(*live[:3])
@@ -145,27 +152,95 @@ def show_run(store: Store, run_id: int | str) -> RunReport:
     return rep
 
 
-def compare_runs(store: Store, run_ids: list[int | str], subset: str = "test") -> pa.Table:
-    """One row per metric, one column per run ("mean +- sd"), as in the paper's Table 1."""
+@dataclass
+class Comparison:
+    table: pa.Table          # one row per metric, one column per run
+    notes: list[str]         # e.g. why a pair of runs got no paired test
+
+
+def compare(store: Store, run_ids: list[int | str], subset: str = "test") -> Comparison:
+    """One row per metric, one column per run: mean ± sd over folds with the number of folds
+    it rests on (and the folds where it was undefined), as in the paper's Table 1; then, for
+    the test subset, pooled-prediction estimates with 95 % bootstrap intervals, and paired
+    tests of each run's AUC against the first run's when they share its splits."""
+    from histstore.evaluation.run_stats import paired_against_first, run_statistics
+
+    notes: list[str] = []
     with store.read() as conn:
         runs = [require_run(conn, r) for r in run_ids]
         ids = [r["run_id"] for r in runs]
         rows = query_arrow(conn,
-            "SELECT run_id, metric, mean, sd FROM run_summary WHERE run_id IN (SELECT unnest($1::BIGINT[])) "
-            "AND subset = $2", [ids, subset]).to_pylist()
+            "SELECT run_id, metric, mean, sd, n_folds, n_undefined, undefined_folds FROM run_summary "
+            "WHERE run_id IN (SELECT unnest($1::BIGINT[])) AND subset = $2", [ids, subset]).to_pylist()
+        pooled = {}
+        pairings = []
+        if subset == "test":
+            pooled = {r["run_id"]: run_statistics(conn, r).intervals for r in runs if r["kind"] == "train"}
+            pairings = paired_against_first(conn, runs) if len(runs) > 1 else []
     metrics = sorted({r["metric"] for r in rows})
-    cols: dict[str, list] = {"metric": metrics}
-    for run in runs:
-        label = f"{run['run_id']}:{run['model'] or run['kind']}"
-        if run["task"]:
-            label += f" ({run['task']})"
+    labels = [_label(run) for run in runs]
+    cols: dict[str, list] = {"metric": list(metrics)}
+    for run, label in zip(runs, labels):
         got = {r["metric"]: r for r in rows if r["run_id"] == run["run_id"]}
         cols[label] = [_fmt(got.get(m)) for m in metrics]
-    return pa.table(cols)
+    # pooled test predictions, 95 % case-bootstrap intervals
+    keys = []
+    for frame in pooled.values():
+        keys += [(lv, m) for lv, m in zip(frame["level"], frame["metric"]) if (lv, m) not in keys]
+    for level, metric in keys:
+        cols["metric"].append(f"{'case_' if level == 'case' else ''}{metric}, pooled [95% CI]")
+        for run, label in zip(runs, labels):
+            f = pooled.get(run["run_id"])
+            hit = f[(f["level"] == level) & (f["metric"] == metric)] if f is not None else None
+            cols[label].append(_fmt_interval(hit.iloc[0]) if hit is not None and len(hit) else "")
+    for pr in pairings:
+        if pr.refused:
+            notes.append(pr.refused)
+            continue
+        for level, t in pr.tests:
+            name = "DeLong" if t.method == "DeLong" else "paired bootstrap"
+            cols["metric"].append(f"{'case_' if level == 'case' else ''}auc difference vs run {pr.reference} ({name})")
+            for run, label in zip(runs, labels):
+                cols[label].append(
+                    "reference" if run["run_id"] == pr.reference else
+                    f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p = {_fmt_p(t.p)}"
+                    if run["run_id"] == pr.other else "")
+    return Comparison(pa.table(cols), notes)
+
+
+def compare_runs(store: Store, run_ids: list[int | str], subset: str = "test") -> pa.Table:
+    """The table of `compare` (its notes dropped)."""
+    return compare(store, run_ids, subset).table
+
+
+def _label(run: dict) -> str:
+    label = f"{run['run_id']}:{run['model'] or run['kind']}"
+    if run["task"]:
+        label += f" ({run['task']})"
+    return label
 
 
 def _fmt(r: dict | None) -> str:
-    if r is None or r["mean"] is None:
+    """mean ± sd, n=folds it rests on; folds where it was undefined are named."""
+    if r is None:
         return ""
+    undefined = list(r.get("undefined_folds") or [])
+    flag = f" (undefined in fold{'s' if len(undefined) > 1 else ''} {', '.join(map(str, undefined))})" if undefined else ""
+    if r["mean"] is None:
+        return f"undefined{flag}"
     sd = r["sd"]
-    return f"{r['mean']:.3f} ± {sd:.3f}" if sd is not None and not math.isnan(sd) else f"{r['mean']:.3f}"
+    core = f"{r['mean']:.3f} ± {sd:.3f}" if sd is not None and not math.isnan(sd) else f"{r['mean']:.3f}"
+    return f"{core}, n={r['n_folds']}{flag}"
+
+
+def _fmt_interval(row) -> str:
+    est, lo, hi = row["estimate"], row["ci_low"], row["ci_high"]
+    if est is None or math.isnan(est):
+        return "undefined"
+    if lo is None or math.isnan(lo):
+        return f"{est:.3f}"
+    return f"{est:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _fmt_p(p: float) -> str:
+    return "nan" if p is None or math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")

@@ -27,6 +27,7 @@ from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_coveri
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.faults import fault_point
 from histstore.jobs import Heartbeat, mark_running, record_progress
+from histstore.evaluation.case_level import case_metric_rows
 from histstore.progress import progress_bar
 from histstore.catalog.runs import require_run
 from histstore.runs import create_run, end_run, refuse_if_alive, run_outcome, write_metrics
@@ -240,6 +241,9 @@ def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, bags, result, ckp
                                          "tile_id": tile_ids, "score": scores})
     metric_rows = [{"fold": fold, "subset": subset, "name": k, "value": v}
                    for subset, m in result.metrics.items() for k, v in m.values.items()]
+    # patient level: slide scores averaged per case (case_auc, case_accuracy, ...)
+    metric_rows += case_metric_rows(fold, {"val": result.val, "test": result.test}, p.case_ids,
+                                    p.spec.is_regression, None if p.spec.is_regression else len(p.classes))
     metric_rows.append({"fold": fold, "subset": "val", "name": "best_epoch", "value": result.best_epoch})
     if result.threshold is not None:
         metric_rows.append({"fold": fold, "subset": "val", "name": "decision_threshold", "value": result.threshold})
@@ -387,7 +391,8 @@ def _summary(conn: sa.Connection, run_id: int) -> dict[str, tuple[float, float]]
     rows = conn.exec_driver_sql(
         "SELECT metric, mean, sd FROM run_summary WHERE run_id = ? AND subset = 'test' ORDER BY 1",
         (run_id,)).all()
-    return {m: (mean, sd) for m, mean, sd in rows}
+    # a metric undefined in every fold (e.g. AUC with one class per test fold) is NaN, not absent
+    return {m: (math.nan if mean is None else mean, math.nan if sd is None else sd) for m, mean, sd in rows}
 
 
 def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
@@ -458,7 +463,7 @@ def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
                 SELECT r.task, s.mean, m.value FROM runs r
                 JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
                 JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
-                WHERE r.parent_run_id = ? AND r.status = 'finished'""",
+                WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
                 ("pearson" if kind == "fc" else "auc", parent)).all()
         parent_metrics = [{"name": "n_genes", "value": float(len(genes))},
                           {"name": "n_genes_trained", "value": float(len(rows))}]

@@ -59,6 +59,12 @@ def test_splits_grouped_by_case(embedded):
     assert _q(embedded, "SELECT count(*) FROM predictions WHERE run_id = ? AND subset = 'test'", rep.run_id) == [(20,)]
     assert _q(embedded, "SELECT count(*) FROM attention WHERE run_id = ?", rep.run_id) == \
         _q(embedded, "SELECT count(*) FROM tiles")
+    # patient-level metrics beside the slide-level ones, every fold; a case's tumour and normal
+    # slides are two case units, so here there are as many units as slides
+    units = _q(embedded, "SELECT fold, max(value) FILTER (WHERE name = 'case_n'), max(value) FILTER (WHERE name = 'n'), "
+                         "count(*) FILTER (WHERE name LIKE 'case_%') FROM metrics WHERE run_id = ? AND subset = 'test' "
+                         "GROUP BY fold ORDER BY fold", rep.run_id)
+    assert len(units) == 5 and all(cn == n and k == 5 for _, cn, n, k in units)
 
 
 def test_same_seed_same_results(embedded):
