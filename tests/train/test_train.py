@@ -245,19 +245,25 @@ def test_fold_checkpoints_carry_standardisation_and_threshold(embedded):
                                          "tumor", "--epochs", "2", "--folds", "2", "--hidden-dim", "16",
                                          "--attn-dim", "8", *args])
 
+    def last_train_run() -> int:
+        return _q(embedded, "SELECT max(run_id) FROM runs WHERE kind = 'train'")[0][0]
+
     r = run("--decision-threshold", "val", "--min-epochs", "2")
     assert r.exit_code == 0, r.output
-    (settings,), = _q(embedded, "SELECT settings FROM runs WHERE run_id = 1")
+    rid = last_train_run()
+    (settings,), = _q(embedded, "SELECT settings FROM runs WHERE run_id = ?", rid)
     assert settings["standardize"] and settings["decision_threshold"] == "val" and settings["hidden_dim"] == 16
     assert settings["train_config"]["model_cfg"] == {"hidden_dim": 16, "attn_dim": 8}
-    thresholds = _q(embedded, "SELECT fold, value FROM metrics WHERE run_id = 1 AND name = 'decision_threshold'")
+    thresholds = _q(embedded, "SELECT fold, value FROM metrics WHERE run_id = ? AND name = 'decision_threshold'",
+                    rid)
     assert sorted(f for f, _ in thresholds) == [0, 1]
     with embedded.read() as conn:
         info = resolve_set(conn, "1")
         train_ids = [s for s, in conn.exec_driver_sql(
-            "SELECT slide_id FROM splits WHERE run_id = 1 AND fold = 0 AND subset = 'train' ORDER BY 1").all()]
+            "SELECT slide_id FROM splits WHERE run_id = ? AND fold = 0 AND subset = 'train' ORDER BY 1",
+            (rid,)).all()]
         bags = load_bags(embedded, conn, info, train_ids)
-    ck = torch.load(embedded.resolve("checkpoints/runs/1/fold0.pt"), weights_only=True)
+    ck = torch.load(embedded.resolve(f"checkpoints/runs/{rid}/fold0.pt"), weights_only=True)
     st = ck["feature_standardization"]
     tiles = np.concatenate([b.features for b in bags]).astype(np.float64)
     np.testing.assert_allclose(st["mean"].numpy(), tiles.mean(0), rtol=1e-4, atol=1e-5)
@@ -266,7 +272,7 @@ def test_fold_checkpoints_carry_standardisation_and_threshold(embedded):
     assert ck["decision_threshold"] == dict(thresholds)[0]
     r = run("--no-standardize")
     assert r.exit_code == 0, r.output
-    assert torch.load(embedded.resolve("checkpoints/runs/2/fold0.pt"), weights_only=True)[
+    assert torch.load(embedded.resolve(f"checkpoints/runs/{last_train_run()}/fold0.pt"), weights_only=True)[
         "feature_standardization"] is None
     r = run("--model", "mean", "--attn-dim", "8")
     assert r.exit_code != 0 and "no setting attn_dim" in r.output
