@@ -21,16 +21,22 @@ def check_case_id_mode(mode: str | None) -> None:
 
 def assign_cases(slide_ids: list[str], given: list[str | None], given_source: str,
                  case_id_mode: str | None, where: str,
-                 labels: list[str] | None = None) -> list[tuple[str, str]]:
-    """(case_id, case_id_source) per slide: the given case id, else the TCGA patient barcode,
-    else - only with case_id_mode 'slide' - the slide id itself. Refuses (naming the rows:
-    `labels`, e.g. 'line 4') slides left without a case, and files that give case ids for some
-    rows but not others."""
+                 labels: list[str] | None = None,
+                 catalog_cases: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(case_id, case_id_source) per slide: the given case id, else the case the catalog
+    already holds for the slide (`catalog_cases`: a slide ingested again, e.g. with another
+    tiling), else the TCGA patient barcode, else - only with case_id_mode 'slide' - the slide
+    id itself. Refuses (naming the rows: `labels`, e.g. 'line 4') slides left without a case,
+    and files that give case ids for some rows but not others."""
     check_case_id_mode(case_id_mode)
+    catalog_cases = catalog_cases or {}
     out, missing = [], []
     for i, (sid, case) in enumerate(zip(slide_ids, given)):
         if case:
             out.append((case, given_source))
+            continue
+        if sid in catalog_cases:
+            out.append((catalog_cases[sid], "catalog"))
             continue
         m = TCGA_BARCODE.match(sid)
         if m:

@@ -213,7 +213,10 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         check_cohort_name(cohort)
     if assume_mpp is not None and not assume_mpp > 0:
         raise InvalidInput(f"--assume-mpp must be > 0, got {assume_mpp}")
-    sources = read_source(source, case_id_mode)  # validated whole before anything is written
+    with store.read() as conn:  # a slide ingested again (another tiling) keeps its case
+        catalog_cases = dict(conn.exec_driver_sql(
+            "SELECT slide_id, case_id FROM slides WHERE case_id IS NOT NULL").all())
+    sources = read_source(source, case_id_mode, catalog_cases)  # validated whole before anything is written
     key = tiling_key(spec)
     report = IngestReport(key, spec, cohort=cohort)
     with store.session():

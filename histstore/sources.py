@@ -47,7 +47,7 @@ def default_slide_id(path: Path) -> str:
     return m.group(1) if m else path.stem
 
 
-def _scan_folder(folder: Path, case_id_mode: str | None) -> list[SlideSource]:
+def _scan_folder(folder: Path, case_id_mode: str | None, catalog_cases: dict[str, str] | None = None) -> list[SlideSource]:
     import openslide
 
     found = []
@@ -67,18 +67,20 @@ def _scan_folder(folder: Path, case_id_mode: str | None) -> list[SlideSource]:
     if not found:
         raise InvalidInput(f"no slide files found in {folder}")
     return _with_cases(found, [None] * len(found), "folder", case_id_mode, str(folder),
-                       [s.path.name for s in found])
+                       [s.path.name for s in found], catalog_cases)
 
 
 def _with_cases(sources: list[SlideSource], given: list[str | None], given_source: str,
-                case_id_mode: str | None, where: str, labels: list[str]) -> list[SlideSource]:
+                case_id_mode: str | None, where: str, labels: list[str],
+                catalog_cases: dict[str, str] | None = None) -> list[SlideSource]:
     from dataclasses import replace
 
-    cases = assign_cases([s.slide_id for s in sources], given, given_source, case_id_mode, where, labels)
+    cases = assign_cases([s.slide_id for s in sources], given, given_source, case_id_mode, where, labels,
+                         catalog_cases)
     return [replace(s, case_id=c, case_id_source=src) for s, (c, src) in zip(sources, cases)]
 
 
-def _from_manifest(path: Path, case_id_mode: str | None) -> list[SlideSource]:
+def _from_manifest(path: Path, case_id_mode: str | None, catalog_cases: dict[str, str] | None = None) -> list[SlideSource]:
     df = read_table(path, required=["path"], what="manifest")
     refuse_rows(path, df["path"] == "", "have an empty path")
     refuse_rows(path, df["path"].str.contains("\x00", regex=False), "have a NUL character in the path")
@@ -91,10 +93,10 @@ def _from_manifest(path: Path, case_id_mode: str | None) -> list[SlideSource]:
     refuse_rows(path, sids.duplicated(keep=False), "repeat a slide_id")
     sources = [SlideSource(p.absolute(), s, "", line=i + 2) for i, (p, s) in enumerate(zip(paths, sids))]
     return _with_cases(sources, [c or None for c in cids], "manifest", case_id_mode, path.name,
-                       [f"line {s.line}" for s in sources])
+                       [f"line {s.line}" for s in sources], catalog_cases)
 
 
-def _from_gdc_sheet(path: Path, case_id_mode: str | None) -> list[SlideSource]:
+def _from_gdc_sheet(path: Path, case_id_mode: str | None, catalog_cases: dict[str, str] | None = None) -> list[SlideSource]:
     df = read_table(path, required=list(GDC_COLUMNS), what="GDC sample sheet")
     refuse_rows(path, df["File Name"] == "", "have an empty File Name")
     base = path.parent
@@ -117,23 +119,26 @@ def _from_gdc_sheet(path: Path, case_id_mode: str | None) -> list[SlideSource]:
     refuse_bad_ids(path, [c or "ok" for c in given], "Case ID")
     refuse_rows(path, pd.Series([s.slide_id for s in sources]).duplicated(keep=False),
                 "repeat a slide (same file name)")
-    return _with_cases(sources, given, "gdc", case_id_mode, path.name, [f"line {s.line}" for s in sources])
+    return _with_cases(sources, given, "gdc", case_id_mode, path.name, [f"line {s.line}" for s in sources],
+                       catalog_cases)
 
 
-def read_source(source: Path | str, case_id_mode: str | None = None) -> list[SlideSource]:
+def read_source(source: Path | str, case_id_mode: str | None = None,
+                catalog_cases: dict[str, str] | None = None) -> list[SlideSource]:
     """The slides of a folder, manifest, sample sheet or single slide file, with checked ids
-    and a case for each (see `assign_cases`; case_id_mode 'slide' = --case-id slide)."""
+    and a case for each (see `assign_cases`; case_id_mode 'slide' = --case-id slide;
+    catalog_cases: slide id -> case id of slides already in the catalog)."""
     check_case_id_mode(case_id_mode)
     source = Path(source)
     if source.is_dir():
-        return _scan_folder(source, case_id_mode)
+        return _scan_folder(source, case_id_mode, catalog_cases)
     if not source.is_file():
         raise InvalidInput(f"{source} does not exist")
     if source.suffix.lower() in SLIDE_SUFFIXES:
         sid = check_id(default_slide_id(source), "slide_id (from the file name)", str(source))
         return _with_cases([SlideSource(source.absolute(), sid, "")], [None], "file", case_id_mode,
-                           str(source), [source.name])
+                           str(source), [source.name], catalog_cases)
     head = source.read_text(errors="replace").splitlines()[:1]
     if head and all(c in head[0] for c in GDC_COLUMNS):
-        return _from_gdc_sheet(source, case_id_mode)
-    return _from_manifest(source, case_id_mode)
+        return _from_gdc_sheet(source, case_id_mode, catalog_cases)
+    return _from_manifest(source, case_id_mode, catalog_cases)

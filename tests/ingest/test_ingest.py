@@ -144,7 +144,8 @@ def test_real_slide(store, real_slide, cli):
     assert 50 < n_tiles < (w // size_l0) * (h // size_l0)
     assert min_tissue is None and settings["tile_rule"] == "clam-four-pt" and "min_tissue" not in settings
     assert "clam-four-pt" in r.output
-    # the old rule, asked for, is a second tiling of the same slide with fewer tiles
+    # the old rule, asked for, is a second tiling of the same slide with fewer tiles (the slide
+    # keeps the case it was catalogued with: no --case-id needed again)
     assert "--min-tissue goes with --tile-rule min-tissue" in cli("ingest", real_slide, "--min-tissue", "0.5").output
     r = cli("ingest", real_slide, "--tile-rule", "min-tissue", "--min-tissue", "0.5")
     assert r.exit_code == 0 and "min tissue 0.5" in r.output and "1 ingested" in r.output, r.output
