@@ -21,7 +21,7 @@ def _settings(**kw):
 def test_gated_attention_finds_planted_tumour(embedded, synth20):
     from histstore.wsi.synth import tumor_fraction_of_tiles
 
-    rep = train(embedded, _settings(lr=5e-4), show_progress=False)
+    rep = train(embedded, _settings(lr=5e-4, epochs=15, patience=5), show_progress=False)
     assert rep.status == "finished"
     assert rep.summary["auc"][0] >= 0.9, rep.summary
     # the most attended tiles of each tested tumour slide lie mostly in its planted regions
