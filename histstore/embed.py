@@ -19,12 +19,12 @@ from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
+from histstore.embeddings.stain_settings import STAIN_NORMS, StainSettings, check_stain_norm
 from histstore.encoder_catalog import EncoderInfo, find_encoder, register_encoder
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.progress import progress_bar
 from histstore.store import Store, transaction
 
-STAIN_NORMS = ("macenko", "none")
 DTYPES = ("float16", "float32")
 
 
@@ -126,15 +126,16 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           weights: Path | None = None, allow_random: bool = False, seed: int = 0,
           stain_norm: str = "macenko", batch_size: int = 64, device: str = "auto",
           workers: int | None = None, precision: str = "auto", name: str | None = None,
-          dtype: str = "float16", show_progress: bool = True) -> EmbedReport:
+          dtype: str = "float16", show_progress: bool = True, stain_tiles: int = 128) -> EmbedReport:
+    """Embed the cohort's tiles (see the module docstring). stain_norm: `macenko` (one fit
+    per slide from up to stain_tiles sampled tiles), `macenko-tile` (a fit per tile) or `none`."""
     import torch
 
     from histstore.devices import resolve_amp, resolve_device
     from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
     from histstore.encoders.backbones import preprocess
 
-    if stain_norm not in STAIN_NORMS:
-        raise InvalidInput(f"--stain-norm must be one of {', '.join(STAIN_NORMS)}")
+    stain = StainSettings(check_stain_norm(stain_norm), max_tiles=stain_tiles)
     if dtype not in DTYPES:
         raise InvalidInput(f"--dtype must be one of {', '.join(DTYPES)}")
     if batch_size < 1:
@@ -168,6 +169,8 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                         "encoder_method": enc.method, "architecture": enc.architecture,
                         "tiling_key": key, "stain_norm": stain_norm, "dtype": dtype,
                         "input": "uint8 RGB / 255, ImageNet mean/std"}
+            if stain.as_settings() is not None:  # per slide or per tile, and the fit's settings
+                settings["stain_fit"] = stain.as_settings()
             set_name = name or f"{enc.name}@{key[:8]}" + ("" if stain_norm == "none" else f"-{stain_norm}")
             info, created = get_or_create_set(
                 conn, name=set_name, kind="computed", settings=settings, dim=dim, dtype=dtype,
@@ -187,8 +190,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                              0, 0, 0.0, str(dev), str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32")
         if todo:
             slides = load_slide_tiles(conn, todo, key)
-            n_tiles = _run(store, conn, info, slides, model, dev, amp_dtype, stain_norm, batch_size,
-                           workers, dtype, show_progress, preprocess, TileDataset, tile_batches)
+            n_tiles = _run(store, conn, info, slides, model, dev, amp_dtype, stain, batch_size,
+                           workers, dtype, show_progress, preprocess, TileDataset, tile_batches,
+                           report.warnings)
             report.n_embedded, report.n_tiles = len(todo), n_tiles
         with transaction(conn):
             if len(finished_slides(conn, info.embedding_set_id)) >= len(slide_ids):
@@ -197,9 +201,12 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     return report
 
 
-def _run(store, conn, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, stain_norm,
-         batch_size, workers, dtype, show_progress, preprocess, TileDataset, tile_loader) -> int:
+def _run(store, conn, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, stain: StainSettings,
+         batch_size, workers, dtype, show_progress, preprocess, TileDataset, tile_loader,
+         warnings: list[str]) -> int:
     import torch
+
+    from histstore.embeddings.slide_stain import SlideStainer
 
     model = model.to(dev).eval()
     if dev.type == "cpu":
@@ -208,8 +215,10 @@ def _run(store, conn, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, sta
         p.requires_grad_(False)
     before = _state_hash(model)
     dataset = TileDataset(slides)
-    loader = tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=dev.type == "cuda")
+    # stain normalisation runs here, on the model's device, where each slide's fit is known
+    loader = tile_loader(dataset, batch_size, workers, "none", pin_memory=dev.type == "cuda")
     offsets = dataset.offsets
+    stainer = SlideStainer(slides, offsets, stain)
     set_dir = info.directory(store)
     writer: arrays.ArrayWriter | None = None
     current = -1
@@ -219,6 +228,7 @@ def _run(store, conn, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, sta
     try:
         with torch.inference_mode():
             for tiles, index in loader:
+                tiles = stainer.normalise(tiles.to(dev, non_blocking=True), index.numpy())
                 x = preprocess(tiles, device=dev)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)
@@ -241,6 +251,9 @@ def _run(store, conn, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, sta
                         writer = None
                         with transaction(conn):
                             register_array(conn, info, sl.slide_id, sl.tiling_id, len(sl), checksum)
+                            note = stainer.record(conn, info.embedding_set_id, slide_no)
+                        if note:
+                            warnings.append(note)
                 bar.update(len(index))
     except BaseException:
         if writer is not None:
