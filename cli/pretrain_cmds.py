@@ -24,7 +24,8 @@ from histstore.cli.common import RegistryChoice, backbone_names, pass_store, pre
 @click.option("--lr-mem", type=float, default=0.3, show_default=True, help="AdCo bank learning rate.")
 @click.option("--temperature", type=float, default=0.2, show_default=True, help="SimCLR temperature.")
 @click.option("--symmetric", is_flag=True, help="Symmetric AdCo loss over both views.")
-@click.option("--stain-norm", type=click.Choice(["none", "macenko"]), default="none", show_default=True)
+@click.option("--stain-norm", type=click.Choice(["none", "macenko"]), default="none", show_default=True,
+              help="macenko: a Macenko fit per tile (as `embed --stain-norm macenko-tile`).")
 @click.option("--tiling", help="Tiling settings key when slides have several.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Initialise the backbone from a local weights file (e.g. ImageNet).")

@@ -1,9 +1,12 @@
-"""Macenko stain normalisation in torch, per tile, vectorised over a batch.
+"""Macenko stain normalisation in torch: a fit per tile (vectorised over a batch), or one fit
+on the pooled pixels of many tiles applied to others (a slide's; see slide_stain.py).
 
 Macenko et al., "A method for normalizing histology slides for quantitative analysis",
 ISBI 2009; HistCode (arXiv 2204.11994) stain-normalises tiles before encoding.
 
-For each tile independently (nothing is shared across the batch):
+`macenko_normalize`: for each tile independently (nothing is shared across the batch);
+`fit_stains` runs steps 1-5 once on the pooled pixels of its tiles and returns the stain
+matrix and 99th-percentile concentrations; `apply_stain_fit` does steps 5-6 with such a fit:
 1. optical density OD = -ln((I + 1) / Io) per pixel and channel, Io = 240;
 2. tissue pixels: OD >= beta (0.15) in every channel;
 3. the plane of the two largest eigenvectors of the tissue pixels' OD covariance

@@ -46,6 +46,13 @@ def test_rows_align_with_tile_idx(ingested):
     with ingested.read() as conn:
         fit = fit_slide_stain(load_slide_tiles(conn, [slide], info.tiling_key)[0], StainSettings()).fit
     assert fit.ok
+    with ingested.read() as conn:  # the fit recorded with the array is the one recomputed here
+        recorded = conn.exec_driver_sql(
+            "SELECT slide_id, stain_matrix, max_concentrations, tiles_fallback FROM slide_stain "
+            "WHERE embedding_set_id = ? ORDER BY 1", (info.embedding_set_id,)).all()
+    assert [r[0] for r in recorded] == sorted(conn_slides(ingested)) and all(r[3] == 0 for r in recorded)
+    mine = next(r for r in recorded if r[0] == slide)
+    assert np.array_equal(mine[1], fit.stain_matrix) and np.array_equal(mine[2], fit.max_c)
     rng = np.random.default_rng(0)
     with open_slide(tiles[0][3]) as reader, torch.inference_mode():
         for i in rng.choice(len(tiles), 4, replace=False):
@@ -56,6 +63,11 @@ def test_rows_align_with_tile_idx(ingested):
             # and it is not just close to every row
             other = (i + 7) % len(tiles)
             assert not np.allclose(bag.features[other], ref, atol=2e-2, rtol=1e-2)
+
+
+def conn_slides(store):
+    with store.read() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT slide_id FROM embedding_arrays").all()]
 
 
 def test_resume_after_kill_mid_slide(ingested, monkeypatch):
