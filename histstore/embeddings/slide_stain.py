@@ -67,7 +67,8 @@ def fit_slide_stain(slide: SlideTiles, settings: StainSettings) -> SlideStainFit
         raise
     except Exception as exc:
         raise SlideReadError(f"cannot read tiles of {slide.slide_id} from {slide.path}: {exc}") from None
-    fit = fit_stains(torch.from_numpy(tiles), max_fit_pixels=settings.max_fit_pixels)
+    fit = fit_stains(torch.from_numpy(tiles), max_fit_pixels=settings.max_fit_pixels,
+                     max_pooled_pixels=settings.max_pooled_pixels)
     return SlideStainFit(slide.slide_id, fit, len(pick))
 
 

@@ -18,11 +18,12 @@ class StainSettings:
     max_tiles: int = 128        # per-slide fit: tiles sampled per slide
     seed: int = 0               # per-slide fit: seed of the tile sample
     max_fit_pixels: int = 4096  # pixels per tile used for fitting (a regular subsample)
+    max_pooled_pixels: int = 1 << 17  # per-slide fit: pixels of the pooled sample (subsampled)
 
     def __post_init__(self):
         check_stain_norm(self.method)
-        if self.max_tiles < 1 or self.max_fit_pixels < 1:
-            raise InvalidInput("stain fit: max_tiles and max_fit_pixels must be >= 1")
+        if min(self.max_tiles, self.max_fit_pixels, self.max_pooled_pixels) < 1:
+            raise InvalidInput("stain fit: max_tiles, max_fit_pixels and max_pooled_pixels must be >= 1")
 
     def as_settings(self) -> dict | None:
         if self.method == "none":
