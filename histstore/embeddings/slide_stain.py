@@ -94,8 +94,17 @@ class SlideStainer:
             out, ok = macenko_normalize(tiles, max_fit_pixels=self.settings.max_fit_pixels, return_mask=True)
             self._count(slide_no, ~ok.cpu().numpy())
             return out
+        owners = np.unique(slide_no)
+        if len(owners) == 1:  # the usual batch: all of one slide
+            fit = self.fit_of(int(owners[0])).fit
+            if not fit.ok:
+                self._count(slide_no, np.ones(len(slide_no), bool))
+                return tiles
+            out, ok = apply_stain_fit(tiles, fit.stain_matrix, fit.max_c)
+            self._count(slide_no, ~ok.cpu().numpy())
+            return out
         out = tiles.clone()  # tiles of a slide without a fit stay as read
-        for s in np.unique(slide_no):
+        for s in owners:
             rows = np.flatnonzero(slide_no == s)
             fit = self.fit_of(int(s)).fit
             if not fit.ok:
@@ -113,6 +122,12 @@ class SlideStainer:
             got = self._fits[slide_no] = fit_slide_stain(self.slides[slide_no], self.settings)
         return got
 
+    def forget(self, slide_no: int) -> None:
+        """Drop a slide's fit and counts (after recording it, or when another process
+        registered the slide first)."""
+        self._fits.pop(slide_no, None)
+        self._fallbacks.pop(slide_no, None)
+
     def _count(self, slide_no: np.ndarray, fell_back: np.ndarray) -> None:
         for s in np.unique(slide_no):
             self._fallbacks[int(s)] = self._fallbacks.get(int(s), 0) + int(fell_back[slide_no == s].sum())
@@ -125,8 +140,9 @@ class SlideStainer:
         if method == "none":
             return None
         sl = self.slides[slide_no]
-        fallback = self._fallbacks.pop(slide_no, 0)
-        fitted = self._fits.pop(slide_no, None) if method == "macenko" else None
+        fallback = self._fallbacks.get(slide_no, 0)
+        fitted = self._fits.get(slide_no) if method == "macenko" else None
+        self.forget(slide_no)
         fit = fitted.fit if fitted is not None else None
         record_slide_stain(
             conn, embedding_set_id, sl.slide_id, method=method,
