@@ -3,7 +3,9 @@
 The frozen encoder embeds every tile of every slide; slides already registered in the set are
 skipped, a half-written array is discarded and redone, and the set is reused when encoder and
 settings are the same (nothing is ever silently overwritten). After the run the encoder's
-weights are checked to be unchanged.
+weights are checked to be unchanged. Tiles are stain-normalised on the model's device (default:
+one Macenko fit per slide, histstore.embeddings.slide_stain), and each slide's fit is recorded
+in `slide_stain` in the commit that registers its array.
 """
 from __future__ import annotations
 
