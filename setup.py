@@ -16,5 +16,6 @@ for name, folder in MAPPED.items():
 setup(
     packages=packages,
     package_dir={"histstore": "histstore", **MAPPED},
-    package_data={"histstore.migrations": ["script.py.mako"]},
+    # the web app's own templates, CSS and JS (OpenSeadragon is not here: it comes from npm)
+    package_data={"histstore.migrations": ["script.py.mako"], "histstore.web": ["templates/*.html", "static/*"]},
 )

@@ -105,7 +105,7 @@ def run(quick: bool = False, keep_slide: Path | None = None, repeats: int | None
         def histstore_ingest():
             store, _ = Store.init(tmp / f"store{next(counter)}")  # a fresh store each call
             t = time.perf_counter()
-            got["ingest"] = ingest(store, path, spec, workers=1, show_progress=False).n_tiles
+            got["ingest"] = ingest(store, path, spec, workers=1, show_progress=False, case_id_mode="slide").n_tiles
             return time.perf_counter() - t  # Store.init is not ingest's cost
 
         def clam():

@@ -32,6 +32,8 @@ def test_demo_quick(tmp_path):
     assert len(queries) == 3
     again = CliRunner().invoke(main, ["--store", str(store), "sql", queries[0]])
     assert again.exit_code == 0 and "gated-attention" in again.output
+    # it ends with the command that opens the store in the browser
+    assert f"histstore --store {store.absolute()} serve" in out.split("demo finished in")[1]
     # a second demo into the same store is refused, not mixed in
     r = CliRunner().invoke(main, ["demo", "--store", str(store), "--quick"])
     assert r.exit_code != 0 and "already holds a store" in r.output

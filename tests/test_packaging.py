@@ -26,3 +26,11 @@ def test_regular_install_works_and_claims_only_histstore(tmp_path):
     r = subprocess.run([sys.executable, "-m", "histstore", "--store", str(tmp_path / "store"), "status"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "schema:" in r.stdout, r.stderr
+    # the web app's files are installed; the viewer library is not (npm), and saying so is one line
+    assert (target / "histstore" / "web" / "templates" / "viewer.html").is_file()
+    assert (target / "histstore" / "web" / "static" / "viewer.js").is_file()
+    env.pop("HISTSTORE_OPENSEADRAGON", None)
+    r = subprocess.run([sys.executable, "-m", "histstore", "--store", str(tmp_path / "store"), "serve"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "npm install openseadragon@" in r.stderr, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -31,9 +31,17 @@ def missing_slides(conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[
     return [s for s in slide_ids if s not in have]
 
 
-def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str],
-              dtype=np.float32) -> list[Bag]:
-    """Bags for the slides, in the given order. Raises MissingStep naming slides without arrays."""
+@dataclass
+class BagIndex:
+    """What the catalog says about a set of bags: tile ids per slide, in idx order."""
+    slide_ids: list[str]
+    tile_ids: dict[str, np.ndarray]
+    idx_ok: dict[str, bool]
+
+
+def bag_index(conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str]) -> BagIndex:
+    """The catalog half of load_bags (a short read). Raises MissingStep naming slides without
+    arrays."""
     missing = missing_slides(conn, info, slide_ids)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -52,14 +60,30 @@ def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_i
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [len(sids)]])
         bounds = {sids[s]: (s, e) for s, e in zip(starts, ends)}
+    tile_ids, idx_ok = {}, {}
+    for sid in slide_ids:
+        s, e = bounds.get(sid, (0, 0))
+        tile_ids[sid] = rows["tile_id"][s:e].astype(np.int64)
+        idx_ok[sid] = bool(np.array_equal(rows["idx"][s:e], np.arange(e - s)))
+    return BagIndex(list(slide_ids), tile_ids, idx_ok)
+
+
+def read_bags(store: Store, info: EmbeddingSetInfo, index: BagIndex, dtype=np.float32) -> list[Bag]:
+    """The zarr half of load_bags: no catalog connection is held while arrays are read."""
     set_dir = info.directory(store)
     bags = []
-    for sid in slide_ids:
+    for sid in index.slide_ids:
         feats = arrays.read_array(set_dir, sid)
-        s, e = bounds.get(sid, (0, 0))
-        tile_ids = rows["tile_id"][s:e].astype(np.int64)
-        if feats.shape[0] != len(tile_ids) or not np.array_equal(rows["idx"][s:e], np.arange(e - s)):
+        tile_ids = index.tile_ids[sid]
+        if feats.shape[0] != len(tile_ids) or not index.idx_ok[sid]:
             raise HiststoreError(f"embedding array of {sid} in set {info.name!r} has {feats.shape[0]} rows "
                                  f"but its tiling has {len(tile_ids)} tiles: the store is inconsistent")
         bags.append(Bag(sid, feats.astype(dtype, copy=False), tile_ids))
     return bags
+
+
+def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str],
+              dtype=np.float32) -> list[Bag]:
+    """Bags for the slides, in the given order. Raises MissingStep naming slides without arrays.
+    Reads the arrays while `conn` is open: long jobs use bag_index + read_bags instead."""
+    return read_bags(store, info, bag_index(conn, info, slide_ids), dtype)

@@ -163,13 +163,33 @@ def _worker_init(_):
 
 def tile_loader(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
                 shuffle: bool = False, pin_memory: bool = False, seed: int = 0,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
+                drop_last: bool = False, slide_aligned: bool = False) -> torch.utils.data.DataLoader:
+    """slide_aligned: batches in dataset order that never cross a slide (slide_batches)."""
     gen = torch.Generator()
     gen.manual_seed(seed)
+    if slide_aligned:
+        batch_sampler = [list(range(a, b)) for a, b in slide_batches(dataset.offsets, batch_size)]
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                                           collate_fn=TileCollate(stain_norm), pin_memory=pin_memory,
+                                           **worker_options(workers))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                        num_workers=workers, collate_fn=TileCollate(stain_norm),
                                        pin_memory=pin_memory, generator=gen, drop_last=drop_last,
                                        **worker_options(workers))
+
+
+def slide_batches(offsets: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of at most batch_size tiles, in order, never crossing a slide.
+
+    Why: a convolution's floating-point result can depend on the other images in its batch
+    (kernel choice varies with batch size), so a slide's embedding would depend on which
+    slides shared its run; aligned batches make a resumed embed write the same bytes as an
+    uninterrupted one (tests/faults/test_crash_resume.py). Costs one partial batch per slide.
+    """
+    out = []
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        out.extend((start, min(start + batch_size, b)) for start in range(a, b, batch_size))
+    return out
 
 
 def worker_options(workers: int, persistent: bool = True) -> dict:
@@ -190,8 +210,8 @@ def worker_options(workers: int, persistent: bool = True) -> dict:
 
 
 class ThreadedTileBatches:
-    """Batches of consecutive tiles in dataset order -> (uint8 tensor [B, H, W, 3], int64
-    indices [B]), read in this process by one background thread while the caller computes.
+    """Batches of consecutive tiles in dataset order, never crossing a slide (slide_batches)
+    -> (uint8 tensor [B, H, W, 3], int64 indices [B]), read in this process by one background thread while the caller computes.
 
     The reading thread runs at a lower priority (like the niced worker processes: when cores
     are scarce the model's OpenMP team keeps them and reading fills the gaps) and stays at most
@@ -208,7 +228,7 @@ class ThreadedTileBatches:
         self.prefetch, self.nice = max(1, int(prefetch)), nice
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return len(slide_batches(self.dataset.offsets, self.batch_size))
 
     def _produce(self, q, stop) -> None:
         import os
@@ -231,8 +251,8 @@ class ThreadedTileBatches:
             return False
 
         try:
-            for start in range(0, len(self.dataset), self.batch_size):
-                n = min(self.batch_size, len(self.dataset) - start)
+            for start, end in slide_batches(self.dataset.offsets, self.batch_size):
+                n = end - start
                 size = int(self.dataset.slides[self.dataset.locate(start)[0]].read_spec["tile_size"])
                 tiles = np.empty((n, size, size, 3), np.uint8)
                 self.dataset.read_into(tiles, start)
@@ -274,8 +294,9 @@ class ThreadedTileBatches:
 
 def tile_batches(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
                  pin_memory: bool = False):
-    """Batches of consecutive tiles for embedding: (uint8 [B, H, W, 3], int64 indices [B]).
-    workers > 0: a DataLoader with that many reading processes; 0: ThreadedTileBatches."""
+    """Batches of consecutive tiles of one slide each, for embedding: (uint8 [B, H, W, 3],
+    int64 indices [B]). workers > 0: a DataLoader with that many reading processes; 0:
+    ThreadedTileBatches."""
     if workers > 0:
-        return tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=pin_memory)
+        return tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=pin_memory, slide_aligned=True)
     return ThreadedTileBatches(dataset, batch_size, stain_norm)

@@ -122,6 +122,11 @@ class SlideReader:
         return mpp
 
     @property
+    def handle(self) -> openslide.OpenSlide:
+        """The open OpenSlide object (for OpenSlide's own helpers, e.g. its DeepZoomGenerator)."""
+        return self._slide
+
+    @property
     def dimensions(self) -> tuple[int, int]:
         return self.width, self.height
 

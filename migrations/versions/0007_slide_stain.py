@@ -5,12 +5,12 @@ One row per slide per embedding set made with stain normalisation: the per-slide
 the counts; how many tiles fell back to no normalisation, and why when the slide fit failed.
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0005
 """
 from alembic import op
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

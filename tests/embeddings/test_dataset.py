@@ -30,8 +30,12 @@ def test_batches_are_the_dataset_in_order(ingested, stain_norm):
     expected = torch.from_numpy(np.stack([ds[i][0] for i in range(len(ds))]))
     batches = ThreadedTileBatches(TileDataset(ds.slides), 7, stain_norm)
     got = list(batches)
-    assert len(got) == len(batches) == -(-len(ds) // 7)
+    # per slide ceil(n / 7) batches, none crossing a slide (a slide's embedding does not depend
+    # on its neighbours in the run)
+    assert len(got) == len(batches) == sum(-(-len(s) // 7) for s in ds.slides)
     assert torch.equal(torch.cat([i for _, i in got]), torch.arange(len(ds)))
+    for _, index in got:
+        assert len({ds.locate(int(i))[0] for i in index}) == 1 and len(index) <= 7
     for tiles, index in got:
         want = expected[index]
         assert torch.equal(tiles, macenko_normalize(want) if stain_norm == "macenko" else want)
