@@ -109,8 +109,9 @@ def _stages(slides, model, amp) -> dict:
         rows = owner[start:start + len(b)]
         out = b.clone()
         for s in np.unique(rows):
-            sel = torch.as_tensor(np.flatnonzero(rows == s))
-            out[sel] = apply_stain_fit(b.index_select(0, sel), fits[s].stain_matrix, fits[s].max_c)[0]
+            part = np.flatnonzero(rows == s)  # consecutive rows, as in the pipeline
+            part = slice(int(part[0]), int(part[-1]) + 1)
+            out[part] = apply_stain_fit(b[part], fits[s].stain_matrix, fits[s].max_c)[0]
         normed.append(out)
     batches = normed
     t["Macenko per slide: apply the fits"] = time.perf_counter() - t0

@@ -110,9 +110,12 @@ class SlideStainer:
             if not fit.ok:
                 self._count(np.full(len(rows), s), np.ones(len(rows), bool))
                 continue
-            sel = torch.as_tensor(rows, device=tiles.device)
-            normed, ok = apply_stain_fit(tiles.index_select(0, sel), fit.stain_matrix, fit.max_c)
-            out[sel] = normed
+            # a slide's rows of a batch are consecutive (dataset order): a slice, not a gather
+            # (applying the fit to an index_select result measured several times slower)
+            part = slice(int(rows[0]), int(rows[-1]) + 1) if rows[-1] - rows[0] + 1 == len(rows) else \
+                torch.as_tensor(rows, device=tiles.device)
+            normed, ok = apply_stain_fit(tiles[part], fit.stain_matrix, fit.max_c)
+            out[part] = normed
             self._count(np.full(len(rows), s), ~ok.cpu().numpy())
         return out
 
