@@ -30,7 +30,8 @@ from histstore.cli.common import RegistryChoice, backbone_names, pass_store, pre
               "multiple of the processes [default: 8, fewer for batches under 16].")
 @click.option("--in-batch-negatives", is_flag=True, help="AdCo: also contrast with the batch's other keys "
               "(the official code's loss; the paper's has the bank's negatives only).")
-@click.option("--stain-norm", type=click.Choice(["none", "macenko"]), default="none", show_default=True)
+@click.option("--stain-norm", type=click.Choice(["none", "macenko"]), default="none", show_default=True,
+              help="macenko: a Macenko fit per tile (as `embed --stain-norm macenko-tile`).")
 @click.option("--tiling", help="Tiling settings key when slides have several.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Initialise the backbone from a local weights file (e.g. ImageNet).")

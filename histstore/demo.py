@@ -118,7 +118,7 @@ def run_demo(store_root: Path, *, quick: bool = False, n_slides: int | None = No
     result.runs["pretrain"] = pre.run_id
     echo(f"      encoder {pre.encoder}: {pre.img_per_s:.0f} img/s")
 
-    step("embed", f"every tile with {pre.encoder} (Macenko stain normalisation)")
+    step("embed", f"every tile with {pre.encoder} (Macenko stain normalisation, one fit per slide)")
     emb = embed(store, pre.encoder, COHORT, stain_norm="macenko", show_progress=show_progress)
     echo(f"      set {emb.embedding_set}: {emb.n_tiles:,} tiles at {emb.tiles_per_second:.0f} tiles/s")
 

@@ -3,7 +3,10 @@
 The frozen encoder embeds every tile of every slide; slides already registered in the set are
 skipped, a half-written array is discarded and redone, and the set is reused when encoder and
 settings are the same (nothing is ever silently overwritten). After the run the encoder's
-weights are checked to be unchanged.
+weights are checked to be unchanged. Tiles are stain-normalised on the model's device (default:
+one Macenko fit per slide, histstore.embeddings.slide_stain), and each slide's fit is recorded
+in `slide_stain` in the commit that registers its array.
+
 
 Catalog access is short: the cohort and encoder are read at the start, the set and an `embed`
 run are registered in one commit, and each finished slide is registered in its own commit
@@ -25,6 +28,7 @@ from histstore.catalog.cohorts import cohort_slide_ids
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
+from histstore.embeddings.stain_settings import STAIN_NORMS, StainSettings, check_stain_norm
 from histstore.encoder_catalog import EncoderInfo, find_encoder, register_encoder
 from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingStep
 from histstore.faults import fault_point
@@ -34,7 +38,6 @@ from histstore.progress import progress_bar
 from histstore.runs import create_run, end_run, run_outcome
 from histstore.store import Store
 
-STAIN_NORMS = ("macenko", "none")
 DTYPES = ("float16", "float32")
 
 
@@ -157,15 +160,16 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           weights: Path | None = None, allow_random: bool = False, seed: int = 0,
           stain_norm: str = "macenko", batch_size: int = 64, device: str = "auto",
           workers: int | None = None, precision: str = "auto", name: str | None = None,
-          dtype: str = "float16", show_progress: bool = True) -> EmbedReport:
+          dtype: str = "float16", show_progress: bool = True, stain_tiles: int = 128) -> EmbedReport:
+    """Embed the cohort's tiles (see the module docstring). stain_norm: `macenko` (one fit
+    per slide from up to stain_tiles sampled tiles), `macenko-tile` (a fit per tile) or `none`."""
     import torch
 
     from histstore.devices import resolve_amp, resolve_device
     from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
     from histstore.encoders.backbones import preprocess
 
-    if stain_norm not in STAIN_NORMS:
-        raise InvalidInput(f"--stain-norm must be one of {', '.join(STAIN_NORMS)}")
+    stain = StainSettings(check_stain_norm(stain_norm), max_tiles=stain_tiles)
     if dtype not in DTYPES:
         raise InvalidInput(f"--dtype must be one of {', '.join(DTYPES)}")
     if batch_size < 1:
@@ -203,6 +207,8 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                     "encoder_method": plan.method, "architecture": plan.architecture,
                     "tiling_key": key, "stain_norm": stain_norm, "dtype": dtype,
                     "input": "uint8 RGB / 255, ImageNet mean/std"}
+        if stain.as_settings() is not None:  # per slide or per tile, and the fit's settings
+            settings["stain_fit"] = stain.as_settings()
         set_name = name or f"{plan.name}@{key[:8]}" + ("" if stain_norm == "none" else f"-{stain_norm}")
         run_id = None
         with store.commit("the embedding set") as conn:
@@ -236,8 +242,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
             with Heartbeat(store, run_id, start_later=True) as beat, \
                     run_outcome(store, run_id, "run the same `histstore embed` again to continue"):
                 report.n_embedded, report.n_tiles = _run(
-                    store, info, slides, model, dev, amp_dtype, stain_norm, batch_size, workers, dtype,
-                    show_progress, preprocess, TileDataset, tile_batches, run_id, len(slide_ids), beat)
+                    store, info, slides, model, dev, amp_dtype, stain, batch_size, workers, dtype,
+                    show_progress, preprocess, TileDataset, tile_batches, run_id, len(slide_ids), beat,
+                    report.warnings)
         with store.commit("the end of the embedding run") as conn:
             if len(finished_slides(conn, info.embedding_set_id)) >= len(slide_ids):
                 set_status(conn, info.embedding_set_id, "complete")
@@ -248,11 +255,12 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
 
 
 def _register(store: Store, info: EmbeddingSetInfo, writer: arrays.ArrayWriter, sl, run_id: int,
-              done: int) -> bool:
-    """Publish a finished array and register it, in one commit; False (array discarded) when
-    another process registered the slide in this set meanwhile."""
+              done: int, stainer, slide_no: int, warnings: list[str]) -> bool:
+    """Publish a finished array and register it with its slide_stain row, in one commit; False
+    (array discarded) when another process registered the slide in this set meanwhile."""
     checksum = writer.finish()
     fault_point("embed.after_array_write")
+    note = None
     with store.commit(f"slide {sl.slide_id}") as conn:
         taken = conn.exec_driver_sql(
             "SELECT count(*) FROM embedding_arrays WHERE embedding_set_id = ? AND slide_id = ?",
@@ -261,18 +269,24 @@ def _register(store: Store, info: EmbeddingSetInfo, writer: arrays.ArrayWriter, 
             writer.publish()
             fault_point("embed.mid_commit")
             register_array(conn, info, sl.slide_id, sl.tiling_id, len(sl), checksum)
+            note = stainer.record(conn, info.embedding_set_id, slide_no)
         record_progress(conn, run_id, done=done)
     if taken:
         writer.discard()
+        stainer.forget(slide_no)
+    elif note:
+        warnings.append(note)
     fault_point("embed.after_commit")
     return not taken
 
 
-def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, stain_norm,
+def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, stain: StainSettings,
          batch_size, workers, dtype, show_progress, preprocess, TileDataset, tile_loader,
-         run_id: int, n_cohort: int, beat: Heartbeat) -> tuple[int, int]:
+         run_id: int, n_cohort: int, beat: Heartbeat, warnings: list[str]) -> tuple[int, int]:
     """Embed the slides; returns (slides registered by this run, tiles embedded)."""
     import torch
+
+    from histstore.embeddings.slide_stain import SlideStainer
 
     model = model.to(dev).eval()
     if dev.type == "cpu":
@@ -281,8 +295,10 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
         p.requires_grad_(False)
     before = _state_hash(model)
     dataset = TileDataset(slides)
-    loader = tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=dev.type == "cuda")
+    # stain normalisation runs here, on the model's device, where each slide's fit is known
+    loader = tile_loader(dataset, batch_size, workers, "none", pin_memory=dev.type == "cuda")
     offsets = dataset.offsets
+    stainer = SlideStainer(slides, offsets, stain)
     set_dir = info.directory(store)
     writer: arrays.ArrayWriter | None = None
     current = -1
@@ -294,6 +310,7 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
         beat.start()            # ... before the heartbeat thread exists
         with torch.inference_mode():
             for tiles, index in batches:
+                tiles = stainer.normalise(tiles.to(dev, non_blocking=True), index.numpy())
                 x = preprocess(tiles, device=dev)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)
@@ -313,7 +330,8 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
                     if index[take - 1] == end_row - 1:  # slide complete: move into place, register
                         sl = slides[slide_no]
                         registered += _register(store, info, writer, sl, run_id,
-                                                n_cohort - len(slides) + slide_no + 1)
+                                                n_cohort - len(slides) + slide_no + 1, stainer, slide_no,
+                                                warnings)
                         writer = None
                         beat.touch()
                 bar.update(len(index))

@@ -190,6 +190,21 @@ class EmbeddingArray(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class SlideStain(Base):
+    """Stain normalisation of one slide in one embedding set (migration 0007)."""
+    __tablename__ = "slide_stain"
+    embedding_set_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("embedding_sets.embedding_set_id"), primary_key=True)
+    slide_id: Mapped[str] = mapped_column(sa.Text, sa.ForeignKey("slides.slide_id"), primary_key=True)
+    method: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    stain_matrix: Mapped[list | None] = mapped_column(sa.ARRAY(sa.Double, dimensions=2))  # [H, E] x [R, G, B]
+    max_concentrations: Mapped[list | None] = mapped_column(sa.ARRAY(sa.Double))  # [H, E]
+    tiles_sampled: Mapped[int | None] = mapped_column(sa.Integer)
+    n_tiles: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    tiles_fallback: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = _created()
+
 class Run(Base):
     __tablename__ = "runs"
     run_id: Mapped[int] = _id_column("runs_id_seq")

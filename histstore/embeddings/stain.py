@@ -1,9 +1,12 @@
-"""Macenko stain normalisation in torch, per tile, vectorised over a batch.
+"""Macenko stain normalisation in torch: a fit per tile (vectorised over a batch), or one fit
+on the pooled pixels of many tiles applied to others (a slide's; see slide_stain.py).
 
 Macenko et al., "A method for normalizing histology slides for quantitative analysis",
 ISBI 2009; HistCode (arXiv 2204.11994) stain-normalises tiles before encoding.
 
-For each tile independently (nothing is shared across the batch):
+`macenko_normalize`: for each tile independently (nothing is shared across the batch);
+`fit_stains` runs steps 1-5 once on the pooled pixels of its tiles and returns the stain
+matrix and 99th-percentile concentrations; `apply_stain_fit` does steps 5-6 with such a fit:
 1. optical density OD = -ln((I + 1) / Io) per pixel and channel, Io = 240;
 2. tissue pixels: OD >= beta (0.15) in every channel;
 3. the plane of the two largest eigenvectors of the tissue pixels' OD covariance
@@ -30,6 +33,9 @@ which tiles were normalised.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 HE_REF = torch.tensor([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
@@ -74,9 +80,123 @@ def macenko_normalize(
 
     fit = od if n <= max_fit_pixels else od[:, torch.linspace(0, n - 1, max_fit_pixels, device=dev).long()]
     m = fit.shape[1]
+    est = _estimate(fit, alpha, beta, max(min_tissue_pixels, int(min_tissue_fraction * m)))
+    valid = est.valid
+    scale = MAX_C_REF.to(dev) / est.max_c.clamp_min(1e-2)  # [B, 2]
+    out = _render(est.proj, od, scale, Io)  # [B, 3, N]
+    # clamped values are finite unless NaN, so a tile's sum is NaN exactly when one value is
+    valid &= ~torch.isnan(out.sum(dim=(1, 2)))
+    res = torch.empty((b, n, 3), dtype=torch.uint8, device=dev)
+    res.copy_(out.transpose(1, 2))  # one pass: transpose + uint8 (NaN tiles are replaced below)
+    res = res.view(b, h, w, 3)
+    if not bool(valid.all()):
+        res[~valid] = tiles[~valid]
+    return (res, valid) if return_mask else res
+
+
+@dataclass(frozen=True)
+class StainFit:
+    """One Macenko fit shared by many tiles (a slide's): stain_matrix [2, 3] (rows haematoxylin,
+    eosin; columns optical density in R, G, B) and max_c [2] (99th-percentile concentrations),
+    or, when the fit failed, both None and `reason` saying why."""
+    stain_matrix: np.ndarray | None
+    max_c: np.ndarray | None
+    n_pixels: int
+    n_tissue_pixels: int
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stain_matrix is not None
+
+
+def fit_stains(tiles: torch.Tensor, Io: float = IO, alpha: float = ALPHA, beta: float = BETA,
+               min_tissue_fraction: float = 0.02, min_tissue_pixels: int = 64,
+               max_fit_pixels: int = 4096, max_pooled_pixels: int | None = 1 << 17) -> StainFit:
+    """One Macenko fit on the pooled pixels of uint8 tiles [K, H, W, 3] (each tile subsampled to
+    at most max_fit_pixels, as macenko_normalize does, then the pool to at most
+    max_pooled_pixels by a regular subsample: 131,072 pixels pin the percentiles down well,
+    and the fit's cost is in proportion): the same estimate as for one tile, on the optical
+    densities of all of them together. Never raises for valid uint8 input; a
+    failed fit (too little stained tissue, a single stain, no usable concentration scale) is
+    returned with its reason."""
+    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+        raise ValueError(f"expected uint8 tiles [K, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
+    k, h, w, _ = tiles.shape
+    n = h * w
+    if k == 0 or n == 0:
+        return StainFit(None, None, 0, 0, "no tiles to fit")
+    px = tiles.reshape(k, n, 3)  # subsample the pixels first: optical density only where used
+    if n > max_fit_pixels:
+        px = px[:, torch.linspace(0, n - 1, max_fit_pixels, device=tiles.device).long()]
+    px = px.reshape(1, -1, 3)
+    if max_pooled_pixels is not None and px.shape[1] > max_pooled_pixels:
+        px = px[:, torch.linspace(0, px.shape[1] - 1, max_pooled_pixels, device=tiles.device).long()]
+    fit = _optical_density(px, Io)
+    m = fit.shape[1]
+    min_count = max(min_tissue_pixels, int(min_tissue_fraction * m))
+    est = _estimate(fit, alpha, beta, min_count)
+    n_tissue = int((fit >= beta).all(dim=-1).sum())
+    if not bool(est.enough_tissue[0]):
+        reason = f"too little stained tissue ({n_tissue} of {m} pixels, {min_count} needed)"
+    elif not bool(est.distinct[0]):
+        reason = "a single stain direction (haematoxylin and eosin vectors nearly parallel)"
+    elif not bool(est.valid[0]):
+        reason = "no usable concentration scale (99th percentile near zero)"
+    elif not bool(torch.isfinite(est.he).all() and torch.isfinite(est.max_c).all()):
+        reason = "non-finite stain estimate"
+    else:
+        return StainFit(est.he[0].T.double().cpu().numpy(), est.max_c[0].double().cpu().numpy(), m, n_tissue)
+    return StainFit(None, None, m, n_tissue, reason)
+
+
+def apply_stain_fit(tiles: torch.Tensor, stain_matrix, max_c, Io: float = IO) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 tiles [B, H, W, 3] -> (normalised uint8 tiles, normalised [B] bool), all with one
+    fit (a StainFit's stain_matrix [2, 3] and max_c [2]): concentrations by least squares on
+    that stain matrix, each stain scaled by MAX_C_REF / max_c, re-rendered with HE_REF. A
+    tile whose result is not finite is returned unchanged (its flag False)."""
+    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+        raise ValueError(f"expected uint8 tiles [B, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
+    b, h, w, _ = tiles.shape
+    dev = tiles.device
+    if b == 0:
+        return tiles.clone(), torch.zeros(0, dtype=torch.bool, device=dev)
+    he = torch.as_tensor(np.asarray(stain_matrix, dtype=np.float32), device=dev).T  # [3, 2]
+    proj = torch.linalg.solve(he.T @ he, he.T)  # [2, 3], as _estimate computes it
+    scale = MAX_C_REF.to(dev) / torch.as_tensor(np.asarray(max_c, dtype=np.float32), device=dev).clamp_min(1e-2)
+    n = h * w
+    od = _optical_density(tiles.reshape(b, n, 3), Io)
+    out = _render(proj.expand(b, 2, 3), od, scale.expand(b, 2), Io)
+    valid = ~torch.isnan(out.sum(dim=(1, 2)))
+    res = torch.empty((b, n, 3), dtype=torch.uint8, device=dev)
+    res.copy_(out.transpose(1, 2))
+    res = res.view(b, h, w, 3)
+    if not bool(valid.all()):
+        res[~valid] = tiles[~valid]
+    return res, valid
+
+
+@dataclass
+class _Estimate:
+    """Batched Macenko estimate: stain matrices he [B, 3, 2] (columns H, E), their least-squares
+    projections proj [B, 2, 3], 99th-percentile concentrations max_c [B, 2], and which rows
+    passed each check (enough tissue, distinct stains, a usable concentration scale)."""
+    he: torch.Tensor
+    proj: torch.Tensor
+    max_c: torch.Tensor
+    enough_tissue: torch.Tensor
+    distinct: torch.Tensor
+    valid: torch.Tensor
+
+
+def _estimate(fit: torch.Tensor, alpha: float, beta: float, min_count: int) -> _Estimate:
+    """Macenko's stain estimate from optical densities fit [B, m, 3], one per row."""
+    b, m, _ = fit.shape
+    dev = fit.device
     mask = (fit >= beta).all(dim=-1)  # [B, m] tissue pixels
     cnt = mask.sum(dim=1)
-    valid = cnt >= max(min_tissue_pixels, int(min_tissue_fraction * m))
+    valid = cnt >= min_count
+    enough_tissue = valid.clone()
     cntf = cnt.clamp_min(2).float()
 
     # masked OD covariance per tile -> eigenvectors of the two largest eigenvalues
@@ -108,26 +228,23 @@ def macenko_normalize(
     # least squares C = (HE^T HE)^-1 HE^T OD ; degenerate stain pairs are skipped
     gram = he.transpose(1, 2) @ he  # [B, 2, 2]
     det = gram[:, 0, 0] * gram[:, 1, 1] - gram[:, 0, 1] * gram[:, 1, 0]
-    valid &= det > 1e-3  # |sin(angle between stains)| > ~0.03
+    distinct = det > 1e-3  # |sin(angle between stains)| > ~0.03
+    valid &= distinct
     gram = torch.where(valid.view(b, 1, 1), gram, torch.eye(2, device=dev).expand(b, 2, 2))
     proj = torch.linalg.solve(gram, he.transpose(1, 2))  # [B, 2, 3]
 
     c_fit = proj @ fit.transpose(1, 2)  # [B, 2, m]
     max_c = _quantile(c_fit, 0.99)  # [B, 2]
     valid &= (max_c > 1e-2).all(dim=-1)
-    scale = MAX_C_REF.to(dev) / max_c.clamp_min(1e-2)  # [B, 2]
+    return _Estimate(he, proj, max_c, enough_tissue, distinct, valid)
 
+
+def _render(proj: torch.Tensor, od: torch.Tensor, scale: torch.Tensor, Io: float) -> torch.Tensor:
+    """Concentrations proj @ OD [B, N, 3] scaled per stain by scale [B, 2], re-rendered with
+    the reference stains: float [B, 3, N] in 0..255, rounded (NaN where the input was)."""
     conc = (proj @ od.transpose(1, 2)).mul_(scale.unsqueeze(-1))  # [B, 2, N]
     # Io * exp(-(HE_REF @ C)); negating the matrix instead of the product is exact
-    out = torch.matmul(-HE_REF.to(dev), conc).exp_().mul_(Io).clamp_(0, 255).round_()  # [B, 3, N]
-    # clamped values are finite unless NaN, so a tile's sum is NaN exactly when one value is
-    valid &= ~torch.isnan(out.sum(dim=(1, 2)))
-    res = torch.empty((b, n, 3), dtype=torch.uint8, device=dev)
-    res.copy_(out.transpose(1, 2))  # one pass: transpose + uint8 (NaN tiles are replaced below)
-    res = res.view(b, h, w, 3)
-    if not bool(valid.all()):
-        res[~valid] = tiles[~valid]
-    return (res, valid) if return_mask else res
+    return torch.matmul(-HE_REF.to(od.device), conc).exp_().mul_(Io).clamp_(0, 255).round_()
 
 
 _OD_TABLES: dict = {}

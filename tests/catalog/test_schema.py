@@ -12,6 +12,9 @@ _TYPE_NAMES = {
 
 def _sa_type_name(col: sa.Column) -> str:
     t = col.type
+    if isinstance(t, sa.ARRAY):  # DuckDB lists: DOUBLE[], DOUBLE[][]
+        inner = sa.Column("inner", t.item_type)
+        return _sa_type_name(inner) + "[]" * (t.dimensions or 1)
     if isinstance(t, sa.JSON):
         return "JSON"
     if isinstance(t, sa.Double):

@@ -29,10 +29,13 @@ def test_rows_align_with_tile_idx(ingested):
             "JOIN tilings g USING (tiling_id) WHERE t.slide_id = ? ORDER BY t.idx", (slide,)).all()
     assert bag.features.shape == (len(tiles), 512)
     assert np.array_equal(bag.tile_ids, [t[0] for t in tiles])
-    # re-embed single tiles by hand: row i must be tile idx i
+    # re-embed single tiles by hand: row i must be tile idx i (normalised with the slide's fit)
     import json
 
-    from histstore.embeddings.stain import macenko_normalize
+    from histstore.embeddings.dataset import load_slide_tiles
+    from histstore.embeddings.slide_stain import fit_slide_stain
+    from histstore.embeddings.stain import apply_stain_fit
+    from histstore.embeddings.stain_settings import StainSettings
     from histstore.encoders.backbones import build_backbone, preprocess
     from histstore.wsi.process import read_tile
     from histstore.wsi.reader import open_slide
@@ -40,16 +43,31 @@ def test_rows_align_with_tile_idx(ingested):
     torch.manual_seed(0)
     model, _ = build_backbone("resnet18", None, allow_random=True)
     spec = json.loads(tiles[0][4])["read"] if isinstance(tiles[0][4], str) else tiles[0][4]["read"]
+    with ingested.read() as conn:
+        fit = fit_slide_stain(load_slide_tiles(conn, [slide], info.tiling_key)[0], StainSettings()).fit
+    assert fit.ok
+    with ingested.read() as conn:  # the fit recorded with the array is the one recomputed here
+        recorded = conn.exec_driver_sql(
+            "SELECT slide_id, stain_matrix, max_concentrations, tiles_fallback FROM slide_stain "
+            "WHERE embedding_set_id = ? ORDER BY 1", (info.embedding_set_id,)).all()
+    assert [r[0] for r in recorded] == sorted(conn_slides(ingested)) and all(r[3] == 0 for r in recorded)
+    mine = next(r for r in recorded if r[0] == slide)
+    assert np.array_equal(mine[1], fit.stain_matrix) and np.array_equal(mine[2], fit.max_c)
     rng = np.random.default_rng(0)
     with open_slide(tiles[0][3]) as reader, torch.inference_mode():
         for i in rng.choice(len(tiles), 4, replace=False):
             px = read_tile(reader, tiles[i][1], tiles[i][2], spec)
-            x = preprocess(macenko_normalize(torch.from_numpy(px[None])))
+            x = preprocess(apply_stain_fit(torch.from_numpy(px[None]), fit.stain_matrix, fit.max_c)[0])
             ref = model(x)[0].numpy()
             assert np.allclose(bag.features[i], ref, atol=2e-2, rtol=1e-2), i
             # and it is not just close to every row
             other = (i + 7) % len(tiles)
             assert not np.allclose(bag.features[other], ref, atol=2e-2, rtol=1e-2)
+
+
+def conn_slides(store):
+    with store.read() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT slide_id FROM embedding_arrays").all()]
 
 
 def test_resume_after_kill_mid_slide(ingested, monkeypatch):
