@@ -2,10 +2,14 @@
 
 This is what training and export read. Arrays are read whole (one read per chunk) and checked
 against the catalog's row count; a slide without an array in the set is an error naming it.
+`bag_index` gives what training needs without reading any feature: each slide's tile ids and
+length, and `read(i)` for one bag in its stored dtype (training's bag sources call it per bag,
+mil/bag_source.py). `load_bags` reads every bag at once (export, tests).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -31,9 +35,55 @@ def missing_slides(conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[
     return [s for s in slide_ids if s not in have]
 
 
-def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str],
-              dtype=np.float32) -> list[Bag]:
-    """Bags for the slides, in the given order. Raises MissingStep naming slides without arrays."""
+@dataclass
+class BagIndex:
+    """Slides of one embedding set, in order: their tile ids (row i = tile idx i) and lengths;
+    `read(i)` reads bag i's features in the stored dtype (float16 by default)."""
+
+    slide_ids: list[str]
+    tile_ids: list[np.ndarray]
+    lengths: np.ndarray  # [n] int64
+    dim: int
+    dtype: str
+    set_dir: Path
+    set_name: str
+
+    def __len__(self) -> int:
+        return len(self.slide_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """The features of every bag, in the stored dtype."""
+        return int(self.lengths.sum()) * self.dim * np.dtype(self.dtype).itemsize
+
+    def read(self, i: int) -> np.ndarray:
+        sid = self.slide_ids[i]
+        feats = arrays.read_array(self.set_dir, sid)
+        if feats.shape != (int(self.lengths[i]), self.dim):
+            raise HiststoreError(f"embedding array of {sid} in set {self.set_name!r} has shape "
+                                 f"{feats.shape} but its tiling has {int(self.lengths[i])} tiles of "
+                                 f"dim {self.dim}: the store is inconsistent")
+        return feats
+
+    def positions(self, slide_ids: list[str]) -> np.ndarray:
+        where = {s: i for i, s in enumerate(self.slide_ids)}
+        missing = [s for s in slide_ids if s not in where]
+        if missing:
+            raise HiststoreError(f"{len(missing)} slides are not in this bag index: {missing[0]} ...")
+        return np.asarray([where[s] for s in slide_ids], dtype=np.int64)
+
+    def subset(self, slide_ids: list[str]) -> "BagIndex":
+        """These slides (in this order) without copying any tile ids."""
+        pos = self.positions(slide_ids)
+        return BagIndex([self.slide_ids[i] for i in pos], [self.tile_ids[i] for i in pos],
+                        self.lengths[pos], self.dim, self.dtype, self.set_dir, self.set_name)
+
+
+def bag_index(store: Store, conn: sa.Connection, info: EmbeddingSetInfo,
+              slide_ids: list[str]) -> BagIndex:
+    """The bags of these slides, in this order, from the catalog alone (no feature is read).
+    Raises MissingStep naming slides without arrays, HiststoreError where an array's row count
+    disagrees with its tiling."""
     missing = missing_slides(conn, info, slide_ids)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -52,14 +102,23 @@ def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_i
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [len(sids)]])
         bounds = {sids[s]: (s, e) for s, e in zip(starts, ends)}
-    set_dir = info.directory(store)
-    bags = []
+    tile_ids, lengths = [], []
     for sid in slide_ids:
-        feats = arrays.read_array(set_dir, sid)
         s, e = bounds.get(sid, (0, 0))
-        tile_ids = rows["tile_id"][s:e].astype(np.int64)
-        if feats.shape[0] != len(tile_ids) or not np.array_equal(rows["idx"][s:e], np.arange(e - s)):
-            raise HiststoreError(f"embedding array of {sid} in set {info.name!r} has {feats.shape[0]} rows "
-                                 f"but its tiling has {len(tile_ids)} tiles: the store is inconsistent")
-        bags.append(Bag(sid, feats.astype(dtype, copy=False), tile_ids))
-    return bags
+        n_rows = int(rows["n_rows"][s]) if e > s else 0
+        if n_rows != e - s or not np.array_equal(rows["idx"][s:e], np.arange(e - s)):
+            raise HiststoreError(f"embedding array of {sid} in set {info.name!r} has {n_rows} rows "
+                                 f"but its tiling has {e - s} tiles: the store is inconsistent")
+        tile_ids.append(rows["tile_id"][s:e].astype(np.int64))
+        lengths.append(e - s)
+    return BagIndex(list(slide_ids), tile_ids, np.asarray(lengths, dtype=np.int64), int(info.dim),
+                    str(info.dtype), info.directory(store), info.name)
+
+
+def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str],
+              dtype=np.float32) -> list[Bag]:
+    """Bags for the slides, in the given order, every feature read now (as `dtype`). Raises
+    MissingStep naming slides without arrays."""
+    index = bag_index(store, conn, info, slide_ids)
+    return [Bag(sid, index.read(i).astype(dtype, copy=False), index.tile_ids[i])
+            for i, sid in enumerate(index.slide_ids)]

@@ -29,16 +29,17 @@ class EvalOutput:
 @torch.no_grad()
 def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tiles: int = 262_144,
              amp: bool = False, attention: bool = False) -> EvalOutput:
-    """Forward bags idx in eval mode, in batches of at most eval_tiles tiles (a bag larger
-    than that goes alone)."""
+    """Forward bags idx in eval mode, in batches of at most eval_tiles tiles (and at most
+    what the bag source's memory budget allows; a bag larger than that goes alone). `bags`:
+    any bag source (mil/bag_source.py); a streamed one reads the batches ahead."""
     was_training = model.training
     model.eval()
     idx = np.asarray(idx, dtype=np.int64)
     logits, aux, att = [], [], []
     aux_weight = 0.0
-    for chunk in _tile_chunks(bags.lengths[idx], eval_tiles):
-        part = idx[chunk]
-        x, seg = bags.batch(part)
+    cap = min(eval_tiles, getattr(bags, "max_batch_tiles", eval_tiles))
+    chunks = [idx[c] for c in _tile_chunks(bags.lengths[idx], cap)]
+    for part, (x, seg) in zip(chunks, bags.batches(chunks)):
         with autocast(bags.device.type, autocast_dtype(bags.device, amp)):
             out = model.forward_segments(x.float() if not amp else x, seg, len(part))
         logits.append(out.logits.float())
