@@ -39,10 +39,15 @@ def _fmt_summary(summary: dict) -> str:
 @click.option("--fc-source", help="Fold-change source when there are several.")
 @click.option("--positive", help="Positive class of a binary task.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--memory-budget", default="auto", show_default=True,
+              help="Memory for the bags (e.g. 6GB, 512MB). The cohort is packed in memory when it fits, "
+                   "else streamed from disk per step; the same seed gives the same results either way. "
+                   "auto: half the free RAM (free GPU memory when training on a GPU).")
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
 def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, patience, lr, weight_decay, dropout,
-          bags_per_step, class_weight, select_on, threshold, p_cut, fc_source, positive, device, resume_run):
+          bags_per_step, class_weight, select_on, threshold, p_cut, fc_source, positive, device, memory_budget,
+          resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings, resume, train as run_train
 
@@ -56,7 +61,8 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay, dropout=dropout,
                           bags_per_step=bags_per_step, class_weight=class_weight, select_on=select_on,
                           device=device, threshold=threshold, p_cut=p_cut, fc_source=fc_source,
-                          positive=positive, genes=gene_list)
+                          positive=positive, genes=gene_list,
+                          memory_budget=None if memory_budget == "auto" else memory_budget)
         r = run_train(store, s)
     if r.children or r.task.endswith(":*"):
         click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")

@@ -18,7 +18,6 @@ The interface every trainer uses (and wrappers such as standardisation keep):
     src.bag(i)           -> Tensor [N_i, D] on the device, stored dtype
     src.batch(idx)       -> (x [T_b, D], seg [T_b] position in idx) or (bag, None) for one bag
     src.batches(parts)   -> iterator of src.batch(p) for p in parts, in order (prefetched)
-    src.max_batch_tiles  largest batch (in tiles) the budget allows; evaluation caps at it
     src.subset(pos)      -> the bags `pos` as a source of their own (no copy)
 
 `open_bag_source` chooses the mode from a budget in bytes (`choose_mode` says why) and refuses,
@@ -40,6 +39,13 @@ from histstore.errors import InvalidInput
 from histstore.mil.bags import PackedBags, SubsetBags
 
 FLOAT32_BYTES = 4
+
+
+def size_text(n: float) -> str:
+    """Bytes for people: '14.4 kB', '43.0 MB', '6.00 GB'."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 DEFAULT_PREFETCH = 4       # parts read ahead of the loop in streamed mode
 DEFAULT_READ_THREADS = 2   # readers in streamed mode (decode releases the GIL)
 
@@ -61,7 +67,7 @@ class StreamedBags:
     def __init__(self, read: Callable[[int], np.ndarray], lengths: Sequence[int], dim: int,
                  dtype: torch.dtype, device: str | torch.device = "cpu", *,
                  names: Sequence[str] | None = None, prefetch: int = DEFAULT_PREFETCH,
-                 threads: int = DEFAULT_READ_THREADS, max_batch_tiles: int | None = None):
+                 threads: int = DEFAULT_READ_THREADS):
         self._read = read
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
@@ -69,9 +75,8 @@ class StreamedBags:
         self.dtype = dtype
         self.device = resolve_device(device)
         self.names = list(names) if names is not None else None
-        self.prefetch = max(1, int(prefetch))
+        self.prefetch = max(0, int(prefetch))
         self.threads = max(1, int(threads))
-        self.max_batch_tiles = int(max_batch_tiles or max(1, int(self.lengths.sum())))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -97,6 +102,10 @@ class StreamedBags:
 
     def batches(self, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
         """self.batch(p) for each part, in order, read `prefetch` parts ahead on threads."""
+        if self.prefetch == 0:
+            for p in parts:
+                yield self._load(np.asarray(p, dtype=np.int64))
+            return
         it = iter(parts)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bag-reader")
         pending: deque = deque()
@@ -131,11 +140,10 @@ class ModePlan:
     budget: int
     cohort_bytes: int         # every bag in the stored dtype
     step_bytes: int           # the largest step in the stored dtype plus its float32 copy
-    prefetch: int             # streamed: parts read ahead
-    max_batch_tiles: int      # streamed: evaluation batches capped to this many tiles
+    prefetch: int             # streamed: parts read ahead (0: each read when needed)
 
     def describe(self) -> str:
-        gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+        gb = size_text
         if self.mode == "resident":
             return f"bags resident: cohort {gb(self.cohort_bytes)} within memory budget {gb(self.budget)}"
         return (f"bags streamed from disk ({self.prefetch} steps read ahead): cohort "
@@ -144,9 +152,9 @@ class ModePlan:
 
 def choose_mode(lengths: Sequence[int], dim: int, itemsize: int, budget: int, *,
                 names: Sequence[str] | None = None, bags_per_step: int = 1,
-                eval_tiles: int = 262_144, prefetch: int = DEFAULT_PREFETCH,
+                prefetch: int = DEFAULT_PREFETCH,
                 force: str | None = None) -> ModePlan:
-    """Resident when the packed cohort plus the largest working batch fits `budget`, else
+    """Resident when the packed cohort plus the float32 copy of its largest step fits `budget`, else
     streamed with as many parts read ahead (<= prefetch) as fit. A bag that does not fit
     alone (stored + its float32 working copy) is refused, naming it. force: "resident" or
     "streamed" overrides the choice (tests, benchmarks), still checked against the budget."""
@@ -159,31 +167,30 @@ def choose_mode(lengths: Sequence[int], dim: int, itemsize: int, budget: int, *,
     need_one = int(lengths[big]) * work_tile
     if need_one > budget:
         name = names[big] if names is not None else f"bag {big}"
-        raise InvalidInput(f"memory budget {budget / 1e6:.1f} MB is too small for bag {name} "
-                           f"({int(lengths[big])} tiles x {dim}: needs {need_one / 1e6:.1f} MB); "
-                           f"raise --memory-budget")
+        raise InvalidInput(f"memory budget {size_text(budget)} is too small for bag {name} "
+                           f"({int(lengths[big])} tiles x {dim}: needs {size_text(need_one)} with its "
+                           f"float32 working copy); raise --memory-budget")
     k = min(max(1, bags_per_step), len(lengths))
     step_tiles = int(np.sort(lengths)[-k:].sum())
     step_bytes = step_tiles * work_tile
     cohort = int(lengths.sum()) * per_tile
-    eval_cap = max(int(lengths.max()), min(eval_tiles, int(lengths.sum())))
-    resident_need = cohort + max(step_bytes, eval_cap * (work_tile - per_tile))
+    resident_need = cohort + step_tiles * (work_tile - per_tile)
     mode = force or ("resident" if resident_need <= budget else "streamed")
     if mode not in ("resident", "streamed"):
         raise InvalidInput(f"unknown bag mode {mode!r}: resident or streamed")
     if mode == "resident":
         if resident_need > budget:
-            raise InvalidInput(f"resident bags need {resident_need / 1e6:.1f} MB, over the memory "
-                               f"budget {budget / 1e6:.1f} MB")
-        return ModePlan("resident", budget, cohort, step_bytes, 0, eval_cap)
+            raise InvalidInput(f"resident bags need {size_text(resident_need)}, over the memory "
+                               f"budget {size_text(budget)}")
+        return ModePlan("resident", budget, cohort, step_bytes, 0)
     if step_bytes > budget:
-        raise InvalidInput(f"a step of {k} bags needs {step_bytes / 1e6:.1f} MB, over the memory "
-                           f"budget {budget / 1e6:.1f} MB: lower --bags-per-step or raise --memory-budget")
-    # parts in flight: `depth` read ahead + the one in use, each at most a step (stored + f32)
-    depth = int(max(1, min(prefetch, budget // step_bytes - 1)))
-    # evaluation batches: at most the budget's share of one part, never below the largest bag
-    eval_tiles_cap = max(int(lengths.max()), min(eval_tiles, budget // ((depth + 1) * work_tile)))
-    return ModePlan("streamed", budget, cohort, step_bytes, depth, eval_tiles_cap)
+        raise InvalidInput(f"a step of {k} bags needs {size_text(step_bytes)}, over the memory "
+                           f"budget {size_text(budget)}: lower --bags-per-step or raise --memory-budget")
+    # in memory at once: the part in use (stored + float32 copy) and `depth` parts read ahead
+    # (stored); depth 0 reads each part when it is needed
+    ahead = step_tiles * per_tile
+    depth = int(max(0, min(prefetch, (budget - step_bytes) // ahead)))
+    return ModePlan("streamed", budget, cohort, step_bytes, depth)
 
 
 def parse_budget(text: str | None, device: str | torch.device = "cpu",
@@ -242,7 +249,7 @@ def open_bag_source(read: Callable[[int], np.ndarray], lengths: Sequence[int], d
     lengths = np.asarray(lengths, dtype=np.int64)
     if plan.mode == "streamed":
         return StreamedBags(read, lengths, dim, tdtype, dev, names=names, prefetch=plan.prefetch,
-                            threads=threads, max_batch_tiles=plan.max_batch_tiles)
+                            threads=threads)
     stream = StreamedBags(read, lengths, dim, tdtype, "cpu", names=names, prefetch=2, threads=threads)
     features = torch.empty((int(lengths.sum()), int(dim)), dtype=tdtype, device=dev)
     start = 0

@@ -50,10 +50,6 @@ class PackedBags:
     def dtype(self) -> torch.dtype:
         return self.features.dtype
 
-    @property
-    def max_batch_tiles(self) -> int:
-        return max(1, int(self.offsets[-1]))
-
     def batches(self, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
         """self.batch(p) for each part, in order (all resident: nothing to read ahead)."""
         for p in parts:
@@ -111,10 +107,6 @@ class SubsetBags:
     @property
     def dtype(self) -> torch.dtype:
         return self.source.dtype
-
-    @property
-    def max_batch_tiles(self) -> int:
-        return self.source.max_batch_tiles
 
     def _map(self, idx) -> np.ndarray:
         return self.positions[np.asarray(idx, dtype=np.int64)]

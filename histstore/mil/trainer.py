@@ -13,8 +13,8 @@ asks for each epoch's steps at once (`batches`) so a streamed source reads ahead
 several bags (`bags_per_step > 1`) has loss = mean of per-bag losses, i.e. the mean of the
 bags' one-bag gradients, computed either by one concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
 time (the CPU default: big concatenated intermediates fall out of cache and were slower
-there). The loss is accumulated on the device and read once per epoch; evaluation runs in
-batches of up to `eval_tiles` tiles. `bags_per_step=1` is the paper's setting; larger values
+there). The loss is accumulated on the device and read once per epoch; evaluation forwards
+one bag at a time (batch-invariant results, mil/evaluation.py). `bags_per_step=1` is the paper's setting; larger values
 take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
 """
 from __future__ import annotations
