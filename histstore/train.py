@@ -334,7 +334,7 @@ def _run_single(store: Store, conn: sa.Connection, s: TrainSettings, spec: TaskS
             conn.exec_driver_sql("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (run_id,))
     report = TrainReport(run_id, spec.name, s.model, "running", n_bags=len(p.slide_ids),
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
-                         notes=list(p.notes) + [plan.describe()])
+                         notes=list(p.notes) + ([plan.describe()] if plan.mode == "streamed" else []))
     bags = cohort_bags.source_for(p.slide_ids)
     remaining = splits.n_folds - len(done)
     bar = progress_bar(total=remaining * s.epochs, desc=f"train {spec.name} {s.model} (run {run_id})",
