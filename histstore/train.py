@@ -201,7 +201,7 @@ class CohortBags:
                 wanted = [m for m in members if m not in gone]
                 have = set(wanted)
                 wanted += [m for m in slide_ids if m not in have]
-            self.index = bag_index(self.store, conn, info, wanted)
+            self.index = bag_index(conn, info, wanted)
             self.set_id, self.source = info.embedding_set_id, None
             budget = parse_budget(self.settings.memory_budget, self.device)
             self.plan = choose_mode(self.index.lengths, self.index.dim,
@@ -215,8 +215,8 @@ class CohortBags:
 
         if self.source is None:
             ix = self.index
-            self.source = open_bag_source(ix.read, ix.lengths, ix.dim, ix.dtype, self.plan, self.device,
-                                          names=ix.slide_ids)
+            self.source = open_bag_source(ix.reader(self.store), ix.lengths, ix.dim, ix.dtype, self.plan,
+                                          self.device, names=ix.slide_ids)
         if list(slide_ids) == self.index.slide_ids:
             return self.source
         return self.source.subset(self.index.positions(slide_ids))

@@ -2,14 +2,16 @@
 
 This is what training and export read. Arrays are read whole (one read per chunk) and checked
 against the catalog's row count; a slide without an array in the set is an error naming it.
-`bag_index` gives what training needs without reading any feature: each slide's tile ids and
-length, and `read(i)` for one bag in its stored dtype (training's bag sources call it per bag,
-mil/bag_source.py). `load_bags` reads every bag at once (export, tests).
+`bag_index` (the catalog half: a short read) gives what training needs without reading any
+feature: each slide's tile ids and length; `index.reader(store)(i)` reads one bag in its stored
+dtype (training's bag sources call it per bag, mil/bag_source.py) with no catalog connection
+held. `read_bags` / `load_bags` read every bag at once (export, tests).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import sqlalchemy as sa
@@ -45,7 +47,7 @@ class BagIndex:
     lengths: np.ndarray  # [n] int64
     dim: int
     dtype: str
-    set_dir: Path
+    zarr_path: str  # the set's folder, relative to the store
     set_name: str
 
     def __len__(self) -> int:
@@ -56,9 +58,14 @@ class BagIndex:
         """The features of every bag, in the stored dtype."""
         return int(self.lengths.sum()) * self.dim * np.dtype(self.dtype).itemsize
 
-    def read(self, i: int) -> np.ndarray:
+    def reader(self, store: Store) -> Callable[[int], np.ndarray]:
+        """read(i): bag i's features [N_i, D] in the stored dtype, shape checked."""
+        set_dir = store.resolve(self.zarr_path)
+        return lambda i: self.read(set_dir, i)
+
+    def read(self, set_dir: Path, i: int) -> np.ndarray:
         sid = self.slide_ids[i]
-        feats = arrays.read_array(self.set_dir, sid)
+        feats = arrays.read_array(set_dir, sid)
         if feats.shape != (int(self.lengths[i]), self.dim):
             raise HiststoreError(f"embedding array of {sid} in set {self.set_name!r} has shape "
                                  f"{feats.shape} but its tiling has {int(self.lengths[i])} tiles of "
@@ -76,11 +83,10 @@ class BagIndex:
         """These slides (in this order) without copying any tile ids."""
         pos = self.positions(slide_ids)
         return BagIndex([self.slide_ids[i] for i in pos], [self.tile_ids[i] for i in pos],
-                        self.lengths[pos], self.dim, self.dtype, self.set_dir, self.set_name)
+                        self.lengths[pos], self.dim, self.dtype, self.zarr_path, self.set_name)
 
 
-def bag_index(store: Store, conn: sa.Connection, info: EmbeddingSetInfo,
-              slide_ids: list[str]) -> BagIndex:
+def bag_index(conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str]) -> BagIndex:
     """The bags of these slides, in this order, from the catalog alone (no feature is read).
     Raises MissingStep naming slides without arrays, HiststoreError where an array's row count
     disagrees with its tiling."""
@@ -116,13 +122,19 @@ def bag_index(store: Store, conn: sa.Connection, info: EmbeddingSetInfo,
         tile_ids.append(tiles[starts[k]:starts[k] + n_tiles])
         lengths.append(n_tiles)
     return BagIndex(list(slide_ids), tile_ids, np.asarray(lengths, dtype=np.int64), int(info.dim),
-                    str(info.dtype), info.directory(store), info.name)
+                    str(info.dtype), info.zarr_path, info.name)
+
+
+def read_bags(store: Store, index: BagIndex, dtype=np.float32) -> list[Bag]:
+    """Every bag of the index, read now (as `dtype`); no catalog connection is needed."""
+    read = index.reader(store)
+    return [Bag(sid, read(i).astype(dtype, copy=False), index.tile_ids[i])
+            for i, sid in enumerate(index.slide_ids)]
 
 
 def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str],
               dtype=np.float32) -> list[Bag]:
     """Bags for the slides, in the given order, every feature read now (as `dtype`). Raises
-    MissingStep naming slides without arrays."""
-    index = bag_index(store, conn, info, slide_ids)
-    return [Bag(sid, index.read(i).astype(dtype, copy=False), index.tile_ids[i])
-            for i, sid in enumerate(index.slide_ids)]
+    MissingStep naming slides without arrays. Reads the arrays while `conn` is open: long jobs
+    use bag_index + a reader instead."""
+    return read_bags(store, bag_index(conn, info, slide_ids), dtype)

@@ -67,9 +67,9 @@ def test_gene_sweep_reads_the_cohort_once(embedded, monkeypatch, budget):
     reads = []
     real = BagIndex.read
 
-    def counting(self, i):
+    def counting(self, set_dir, i):
         reads.append(self.slide_ids[i])
-        return real(self, i)
+        return real(self, set_dir, i)
 
     monkeypatch.setattr(BagIndex, "read", counting)
     rep = train(embedded, _settings(task="de", genes=("TP53", "MYC", "EGFR"), epochs=1, folds=2,
