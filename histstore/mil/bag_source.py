@@ -39,6 +39,8 @@ from histstore.errors import InvalidInput
 from histstore.mil.bags import PackedBags, SubsetBags
 
 FLOAT32_BYTES = 4
+DEFAULT_PREFETCH = 4       # parts read ahead of the loop in streamed mode (fewer if the budget says)
+DEFAULT_READ_THREADS = 2   # reader threads in streamed mode
 
 
 def size_text(n: float) -> str:
@@ -46,8 +48,6 @@ def size_text(n: float) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.2f} GB"
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-DEFAULT_PREFETCH = 4       # parts read ahead of the loop in streamed mode
-DEFAULT_READ_THREADS = 2   # readers in streamed mode (decode releases the GIL)
 
 
 def batch_of(bags: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor | None]:
