@@ -235,7 +235,8 @@ class Prediction(Base):
 class Attention(Base):
     __tablename__ = "attention"
     # No primary key and no foreign keys (revision 0004): tens of millions of rows per run at
-    # paper scale, and DuckDB backs every key with an index (~8x the rows' own size).
+    # paper scale, and DuckDB backs every key with an index (~71 against 4-9 bytes a row,
+    # benchmarks/bench_attention_scale.py).
     # (run_id, fold, tile_id) is unique by construction (each tile is scored once per fold it
     # is tested in); run_id is a run and tile_id a tile, written only by `histstore train`.
     __mapper_args__ = {"primary_key": ["run_id", "fold", "tile_id"]}

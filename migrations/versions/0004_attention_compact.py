@@ -4,8 +4,9 @@ A train run writes one attention row per test tile: every tile of the cohort onc
 20M rows for a 1,000-slide TCGA cohort, times every gene of a sweep. DuckDB backs each foreign
 key with an ART index on the referencing column, and with the keys on run_id and tile_id each
 run grew the catalog by ~71 bytes a row (0.4M rows: 29 MB, benchmarks/bench_attention_scale.py
---quick) against ~9 bytes a row without them (the columns themselves compress to ~6: constant
-run_id and fold, bit-packed tile ids, ALP-compressed scores). The rows are written only by
+--quick) against 9.2 without them; at 20M rows a run adds 85 MB (4.2 bytes a row: constant
+run_id and fold, bit-packed tile ids, ALP-compressed scores) and a slide's tile_attention rows
+come back in ~0.1 s (the full benchmark). The rows are written only by
 `histstore train`, in the fold's transaction, with tile ids read from the catalog, so the keys
 guarded nothing a user can break; the view tile_attention and every per-tile query work as
 before. DuckDB cannot drop a constraint, so the table is rebuilt (rows kept, sorted by run,
