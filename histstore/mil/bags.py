@@ -127,7 +127,15 @@ class SubsetBags:
 def is_bag_source(bags) -> bool:
     """A bag source (PackedBags, StreamedBags, SubsetBags, or a wrapper of one), not a list of
     arrays to pack."""
-    return hasattr(bags, "batches") and hasattr(bags, "lengths")
+    return hasattr(bags, "batch") and hasattr(bags, "lengths")
+
+
+def iter_batches(bags, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """bags.batch(p) for each part, in order: through `batches` (a streamed source reads ahead)
+    where the source has it, else one `batch` at a time (a wrapper that only has `batch`)."""
+    if hasattr(bags, "batches"):
+        return bags.batches(parts)
+    return (bags.batch(p) for p in parts)
 
 
 def pack_bags(bags: Sequence, device: str | torch.device = "cpu",

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from histstore.devices import autocast
-from histstore.mil.bags import PackedBags
+from histstore.mil.bags import PackedBags, iter_batches
 from histstore.mil.metrics import classification_metrics, regression_metrics
 from histstore.mil.models import MILModel
 from histstore.mil.results import Predictions
@@ -40,7 +40,7 @@ def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tile
     logits, aux, att = [], [], []
     aux_weight = 0.0
     chunks = [idx[j:j + 1] for j in range(len(idx))]
-    for part, (x, seg) in zip(chunks, bags.batches(chunks)):
+    for part, (x, seg) in zip(chunks, iter_batches(bags, chunks)):
         with autocast(bags.device.type, autocast_dtype(bags.device, amp)):
             out = model.forward_segments(x.float() if not amp else x, seg, len(part))
         logits.append(out.logits.float())

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from histstore.devices import autocast, resolve_device
 from histstore.errors import InvalidInput
-from histstore.mil.bags import PackedBags, is_bag_source, pack_bags
+from histstore.mil.bags import PackedBags, is_bag_source, iter_batches, pack_bags
 from histstore.mil.evaluation import autocast_dtype, evaluate, logits_to_metrics, logits_to_predictions
 from histstore.mil.models import MILModel, MILOutput, build_model
 from histstore.mil.results import EpochRecord, FoldResult
@@ -201,7 +201,7 @@ def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed, y_dev: Ten
     parts = [(k, p) for k, idx in enumerate(steps)
              for p in ([idx] if len(idx) == 1 or mode == "concat" else [idx[j:j + 1] for j in range(len(idx))])]
     current = -1
-    for (k, idx), (x, seg) in zip(parts, packed.batches(p for _, p in parts)):
+    for (k, idx), (x, seg) in zip(parts, iter_batches(packed, (p for _, p in parts))):
         n_step = len(steps[k])
         if k != current:
             if current >= 0:
