@@ -83,7 +83,8 @@ def measure_slide(name: str, path: Path, n_warm: int, n_cold: int, seed: int = 0
 
     with tempfile.TemporaryDirectory() as tmp:
         store, _ = Store.init(Path(tmp) / "store")
-        rep = ingest(store, path, TilingSpec(target_mpp=2.0, tile_size=256), workers=1, show_progress=False)
+        rep = ingest(store, path, TilingSpec(target_mpp=2.0, tile_size=256), workers=1, show_progress=False,
+                     case_id_mode="slide")
         sid = rep.outcomes[0].slide_id
         app = create_app(store)
         state = app.state.serve

@@ -1,116 +1,77 @@
-"""Run every benchmark and print one table of ratios, each measured side by side with what it
-is compared against in the same run. Writes benchmarks/RESULTS.md with the machine.
+"""Run the benchmarks, record each one's raw results in benchmarks/results.json (stamped with its
+own commit, date and machine) and render benchmarks/RESULTS.md from that file.
 
     python -m benchmarks.run_all [--quick] [--only NAME ...] [--no-write]
+
+A run replaces only the sections of the benchmarks it ran; the others keep their own stamps.
+Each benchmark prints its table as soon as it has measured it (the same rendering as
+RESULTS.md). Benchmarks are the modules benchmarks/bench_<name>.py (see benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
-from pathlib import Path
 
-BENCHMARKS = ["ingest", "tiles", "embed", "bags", "mil", "catalog", "heatmap", "serve", "pretrain", "encoders"]
-HERE = Path(__file__).resolve().parent
+from benchmarks import registry, render
+from benchmarks.stamp import code_state, machine, now
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def run_one(name: str, quick: bool, command: str) -> dict:
+    """One benchmark's section: stamps + results (or the error that stopped it)."""
+    code = code_state()
+    sec = {"quick": quick, "command": command, "date": now(), **code, "results": None, "error": None}
+    t0 = time.perf_counter()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 1e6:.0f} GB RAM"
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+        mod = registry.load(name)
+        sec["results"] = mod.run(quick)
+        # a section must render: find out now, not when RESULTS.md is written
+        print("\n".join(render.section_body(name, sec["results"])), flush=True)
+    except Exception as exc:  # one broken benchmark must not hide the others
+        traceback.print_exc()
+        sec["results"], sec["error"] = None, f"{type(exc).__name__}: {exc}"
+    sec["seconds"] = round(time.perf_counter() - t0, 1)
+    sec["machine"] = machine()
+    return sec
 
 
-def _mil_rows(results):
-    from benchmarks.common import Row
-
-    by = {r["variant"]: r for r in results}
-    plain = by["plain/host"]["seconds_per_epoch"]
-    out = []
-    for name, r in by.items():
-        if name.startswith("trainer/"):
-            out.append(Row(f"MIL epoch ({name})",
-                           f"{r['seconds_per_epoch']:.2f} s/epoch, {r['n_bags']} bags, {r['n_tiles']:,} tiles x 1024",
-                           f"plain one-bag-per-step loop {plain:.2f} s/epoch", plain / r["seconds_per_epoch"],
-                           "plain / histstore time"))
+def merge(data: dict, sections: dict[str, dict]) -> dict:
+    """results.json content with `sections` replacing those benchmarks' sections only."""
+    out = {"format": render.FORMAT, "benchmarks": dict(data.get("benchmarks", {}))}
+    out["benchmarks"].update(sections)
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", nargs="*", choices=BENCHMARKS)
-    p.add_argument("--no-write", action="store_true")
-    a = p.parse_args(argv)
-    names = a.only or BENCHMARKS
-    rows, failures, raw = [], [], {}
-    t_all = time.perf_counter()
-    for name in names:
-        mod = importlib.import_module(f"benchmarks.bench_{name}")
-        t0 = time.perf_counter()
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        try:
-            if name == "mil":
-                import torch
+GPU_ONLY = {"gpu"}
 
-                # 500 bags x ~6,000 x 1024 float32 is ~12 GB twice over and ~15 min per
-                # variant on 2 CPU cores: the full 500-bag run is for a GPU (see bench_mil.py)
-                res = mod.run(a.quick, n_bags=None if (a.quick or torch.cuda.is_available()) else 100)
-            else:
-                res = mod.run(a.quick)
-            raw[name] = res
-            got = _mil_rows(res) if name == "mil" else mod.rows(res)
-            rows += got
-            print(f"  {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        except Exception as exc:  # one broken benchmark must not hide the others
-            failures.append((name, f"{type(exc).__name__}: {exc}"))
-            traceback.print_exc()
-    table = ["| benchmark | histstore | compared with | ratio | ratio means |", "|---|---|---|---|---|"]
-    table += [f"| {r.benchmark} | {r.measured} | {r.versus} | {r.ratio:.2f} | {r.meaning} |" for r in rows]
-    print("\n".join(table))
-    for name, err in failures:
-        print(f"FAILED {name}: {err}")
+
+def main(argv=None) -> int:
+    known = registry.names()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="each benchmark's small, fast mode")
+    p.add_argument("--only", nargs="+", choices=known, metavar="NAME", help=f"some of: {', '.join(known)}")
+    p.add_argument("--no-write", action="store_true", help="print only; leave results.json and RESULTS.md")
+    a = p.parse_args(argv)
+    # the GPU check measures a GPU: it runs when named (benchmarks/gpu_check.sh does), never as a
+    # CPU stand-in inside a full run
+    names = a.only or [n for n in known if n not in GPU_ONLY]
+    command = "python -m benchmarks.run_all" + (" --quick" if a.quick else "") + (
+        " --only " + " ".join(a.only) if a.only else "")
+    sections = {}
+    for name in names:
+        print(f"\n== {name} ({'quick' if a.quick else 'full'})", file=sys.stderr, flush=True)
+        sections[name] = run_one(name, a.quick, command)
+        print(f"== {name}: {sections[name]['seconds']:.0f} s", file=sys.stderr, flush=True)
+        if not a.no_write:  # after each benchmark: an interrupted run keeps what it measured
+            render.dump(merge(render.load(), {name: sections[name]}))
+            render.write(render.load())  # from the file, exactly as the check will read it
+    failed = [n for n, s in sections.items() if s["error"]]
+    for n in failed:
+        print(f"FAILED {n}: {sections[n]['error']}", file=sys.stderr)
     if not a.no_write:
-        try:
-            commit = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
-                                    capture_output=True, text=True).stdout.strip()
-        except OSError:
-            commit = "?"
-        text = [f"# Benchmark results", "",
-                f"Latest run: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
-                f"`python -m benchmarks.run_all{' --quick' if a.quick else ''}` "
-                f"({time.perf_counter() - t_all:.0f} s).", "",
-                f"Machine: {machine()}.", "",
-                "Each ratio compares two things measured side by side in the same run; absolute",
-                "numbers on a shared machine are noisy, ratios less so.", "", *table, ""]
-        if failures:
-            text += ["Failed: " + "; ".join(f"{n} ({e})" for n, e in failures), ""]
-        text += ["<details><summary>raw measurements</summary>", "", "```json",
-                 json.dumps(raw, indent=1, default=str), "```", "</details>", ""]
-        (HERE / "RESULTS.md").write_text("\n".join(text))
-    return 1 if failures else 0
+        print(f"wrote {render.RESULTS_JSON} and {render.RESULTS_MD}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

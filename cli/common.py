@@ -49,10 +49,12 @@ class HiststoreGroup(click.Group):
 def get_store(ctx: click.Context, must_exist: bool = True):
     from histstore.store import Store
 
-    root = ctx.find_root().params.get("store")
+    params = ctx.find_root().params
+    root = params.get("store")
+    options = {"wait": params.get("wait", 120.0), "exclusive": bool(params.get("exclusive"))}
     if must_exist:
-        return Store.open(root)
-    return Store(Path(root))
+        return Store.open(root, **options)
+    return Store(Path(root), **options)
 
 
 def pass_store(f):
@@ -112,7 +114,19 @@ def format_option(default: str = "table"):
 
 def output_option():
     return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                        help="Write rows to this file instead of stdout.")
+                        help="Write rows to this file instead of stdout (an existing file only with --force).")
+
+
+def force_option(what: str = "an existing output file"):
+    return click.option("--force", is_flag=True, help=f"Replace {what}.")
+
+
+def check_new_file(path: Path | None, force: bool) -> None:
+    """Exports never overwrite a file silently."""
+    from histstore.errors import InvalidInput
+
+    if path is not None and Path(path).exists() and not force:
+        raise InvalidInput(f"{path} exists; not overwritten", hint="pass --force to replace it")
 
 
 def _json_default(v):
@@ -157,10 +171,12 @@ def render_table(table, max_width: int = 60) -> str:
     return "\n".join(out)
 
 
-def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
-    """Render an Arrow table in one of FORMATS to stdout or a file."""
+def emit_rows(table, fmt: str = "table", output: Path | None = None, force: bool = False) -> None:
+    """Render an Arrow table in one of FORMATS to stdout or a file (an existing file is
+    replaced only with force)."""
     import pyarrow as pa
 
+    check_new_file(output, force)
     if table is None:
         table = pa.table({})
     if fmt == "parquet":
@@ -168,7 +184,7 @@ def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
             raise click.UsageError("--format parquet needs -o FILE")
         import pyarrow.parquet as pq
 
-        pq.write_table(table, output)
+        _atomic(output, lambda tmp: pq.write_table(table, tmp))
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
         return
     if fmt == "table":
@@ -178,12 +194,26 @@ def emit_rows(table, fmt: str = "table", output: Path | None = None) -> None:
     else:  # json: one array of objects
         text = json.dumps(table.to_pylist(), default=_json_default) + "\n"
     if output is not None:
-        output.write_text(text)
+        _atomic(output, lambda tmp: tmp.write_text(text))
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
     else:
         sys.stdout.write(text)
 
 
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file next to `path`, then rename: no half-written result."""
+    import os
+
+    from histstore.fsops import remove_file
+
+    path = Path(path).absolute()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            remove_file(tmp, path.parent)
 _CSV_SPECIAL = (",", '"', "\n", "\r")
 
 

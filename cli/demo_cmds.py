@@ -9,8 +9,8 @@ import click
 @click.command()
 @click.option("--store", "demo_store", type=click.Path(file_okay=False, path_type=Path),
               help="Store folder for the demo (overrides the global --store); must not hold a store yet.")
-@click.option("--slides", "n_slides", type=int, help="Synthetic slides [default: 20, --quick: 12].")
-@click.option("--quick", is_flag=True, help="Smaller tiles and shorter training: under 2 minutes on 2 CPU cores.")
+@click.option("--slides", "n_slides", type=int, help="Synthetic slides [default: 30, --quick: 12].")
+@click.option("--quick", is_flag=True, help="Fewer slides, smaller tiles and shorter training (prints how long it took).")
 @click.option("--slides-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use your own slides (TCGA names give tumour/normal labels) instead of synthetic ones.")
 @click.option("--seed", type=int, default=0, show_default=True)

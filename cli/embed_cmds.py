@@ -21,7 +21,8 @@ from histstore.cli.common import HiststoreGroup, emit_rows, format_option, pass_
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: AMP on CUDA, bf16 on CPUs with native bf16, else fp32.")
-@click.option("--workers", type=int, help="DataLoader workers reading tiles [default: 2 on CPU, 8 on CUDA].")
+@click.option("--workers", type=int, help="Tile-reading worker processes; 0 reads on a background thread in "
+              "this process [default: 0 on CPU, 8 on CUDA].")
 @click.option("--name", help="Name of the embedding set [default: <encoder>@<tiling>-<stain norm>].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random-init encoder.")

@@ -22,22 +22,26 @@ def features():
 @click.option("--patch-size", type=int, help="Patch side in pixels at --patch-level, when the files do not say.")
 @click.option("--patch-level", type=int, help="Pyramid level the patch size refers to [default: the file's, else 0].")
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV with columns file,slide_id (when file names are not slide ids).")
+              help="CSV with columns file,slide_id[,case_id] (when file names are not slide ids).")
 @click.option("--coords-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where the coords of .pt/.npy files are (<stem>.h5, <stem>_patches.h5, <stem>_coords.npy).")
 @click.option("--register-slides", is_flag=True,
-              help="Register slides not in the catalog as slides without pixels (features-only cohorts).")
+              help="Register slides not in the catalog as slides without pixels (features-only cohorts); "
+                   "their case is the mapping's case_id column, else their TCGA barcode, else --case-id slide.")
+@click.option("--case-id", "case_id_mode", type=click.Choice(["slide"]),
+              help="'slide': a slide registered without a case id or TCGA barcode is its own case "
+                   "(else refused: patients must not span train and test of one fold).")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Stored dtype; auto keeps float16 files float16, anything else becomes float32.")
 @pass_store
 def features_import(store, directory, name, cohort, fmt, patch_size, patch_level, mapping, coords_dir,
-                    register_slides, dtype):
+                    register_slides, case_id_mode, dtype):
     """Import one feature file per slide (features [N, D] + level-0 coords [N, 2]) from DIRECTORY."""
     from histstore.interop import import_features
 
     r = import_features(store, directory, name=name, cohort=cohort, fmt=fmt, patch_size=patch_size,
                         patch_level=patch_level, mapping=mapping, register_slides=register_slides,
-                        coords_dir=coords_dir, dtype=dtype)
+                        coords_dir=coords_dir, dtype=dtype, case_id_mode=case_id_mode)
     for o in r.outcomes:
         if o.status == "imported" and o.message:
             click.echo(f"note: {o.line()}", err=True)
@@ -60,7 +64,7 @@ def features_import(store, directory, name, cohort, fmt, patch_size, patch_level
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["h5"]), default="h5", show_default=True)
 @click.option("--cohort", help="Only this cohort's slides.")
-@click.option("--overwrite", is_flag=True, help="Replace files that exist in DIRECTORY.")
+@click.option("--force", "--overwrite", "overwrite", is_flag=True, help="Replace files that exist in DIRECTORY.")
 @pass_store
 def features_export(store, embedding_set, directory, fmt, cohort, overwrite):
     """Write an embedding set as CLAM/TRIDENT-style h5 files (features, coords), one per slide."""
@@ -81,12 +85,13 @@ def _table_command(what: str):
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]),
                   help="[default: from FILE's suffix, .parquet or .csv]")
+    @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
     @pass_store
-    def command(store, run, file, fmt):
+    def command(store, run, file, fmt, force):
         from histstore import interop
 
         fn = interop.export_predictions if what == "predictions" else interop.export_attention
-        r = fn(store, run, file, fmt)
+        r = fn(store, run, file, fmt, overwrite=force)
         click.echo(f"wrote {r.n_rows:,} rows of {what} of run {run} to {r.path} ({r.fmt})")
 
     command.__doc__ = {

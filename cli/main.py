@@ -16,8 +16,17 @@ from histstore.cli import (cohort_cmds, demo_cmds, embed_cmds, ingest_cmds, inte
               envvar="HISTSTORE_STORE", default="histstore-store", show_default=True,
               help="Store folder (catalog + embeddings + checkpoints + artifacts). "
                    "Env: HISTSTORE_STORE.")
+@click.option("--wait", type=click.FloatRange(min=0), envvar="HISTSTORE_WAIT", default=120,
+              show_default=True, metavar="SECONDS",
+              help="How long to wait for a catalog that another process is using (saying once "
+                   "which process holds it) before failing. Jobs wait at least 600 s to commit "
+                   "finished work. Env: HISTSTORE_WAIT.")
+@click.option("--exclusive", is_flag=True, envvar="HISTSTORE_EXCLUSIVE",
+              help="Jobs hold the catalog for their whole run instead of per commit: the fastest "
+                   "when nobody else uses the store, but every other command waits until the job "
+                   "ends. Env: HISTSTORE_EXCLUSIVE=1.")
 @click.version_option(__version__, prog_name="histstore")
-def main(store):
+def main(store, wait, exclusive):
     """histstore: feature store and experiment database for computational pathology.
 
     Ingest whole-slide images, pretrain AdCo tile encoders, embed tiles into zarr, train
@@ -26,7 +35,7 @@ def main(store):
 
 
 # in the order of the workflow (also the order of docs/cli.md)
-for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql,
+for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cmds.sql, store_cmds.verify,
                 ingest_cmds.synth, ingest_cmds.ingest, label_cmds.labels, label_cmds.genes,
                 label_cmds.foldchanges, cohort_cmds.cohort, pretrain_cmds.pretrain, embed_cmds.encoders,
                 embed_cmds.embed, embed_cmds.embeddings, train_cmds.train, train_cmds.runs, train_cmds.compare,

@@ -10,10 +10,16 @@ from histstore.cli.common import (HiststoreGroup, RegistryChoice, emit_rows, for
 
 
 def _fmt_summary(summary: dict) -> str:
-    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "f1", "mse", "pearson", "spearman") if k in summary]
-    return ", ".join(f"{k} {summary[k][0]:.3f} ± {summary[k][1]:.3f}"
-                     if summary[k][1] is not None and not math.isnan(summary[k][1]) else f"{k} {summary[k][0]:.3f}"
-                     for k in keys)
+    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "f1", "mse", "pearson", "spearman", "case_auc",
+                        "case_accuracy", "case_pearson") if k in summary]
+
+    def one(k):
+        mean, sd = summary[k]
+        if mean is None or math.isnan(mean):
+            return f"{k} undefined in every fold"
+        return f"{k} {mean:.3f} ± {sd:.3f}" if sd is not None and not math.isnan(sd) else f"{k} {mean:.3f}"
+
+    return ", ".join(one(k) for k in keys)
 
 
 @click.command()
@@ -32,11 +38,26 @@ def _fmt_summary(summary: dict) -> str:
 @click.option("--dropout", type=float, default=0.0, show_default=True)
 @click.option("--bags-per-step", type=int, default=1, show_default=True, help="1 = one slide per step (HistCode).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
-@click.option("--select-on", type=click.Choice(["loss", "auc"]), default="loss", show_default=True,
-              help="Validation criterion for choosing the epoch.")
+@click.option("--select-on", type=click.Choice(["loss", "auc", "last"]), default="loss", show_default=True,
+              help="The epoch kept: best validation loss or AUC, or the last (a fixed schedule of --epochs, for "
+                   "cohorts whose validation slides are too few to choose an epoch).")
+@click.option("--min-epochs", type=int, default=1, show_default=True, help="No early stopping before this epoch.")
+@click.option("--val-fraction", type=float,
+              help="Validation share of each fold's non-test cases [default: 1/9, HistCode's 80/10/10 with 5 "
+                   "folds]; 0 trains on all of them for --epochs (the last epoch is kept).")
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Z-score each feature with the fold's training bags' statistics (stored with the fold's model).")
+@click.option("--hidden-dim", type=int, help="Model's tile embedding width [default: the model's, e.g. 512].")
+@click.option("--attn-dim", type=int, help="Attention width of attention models [default: the model's, e.g. 256].")
+@click.option("--decision-threshold", type=click.Choice(["0.5", "val", "train"]), default="0.5", show_default=True,
+              help="Binary tasks: predict positive above 0.5, or above the cut that is most accurate on the "
+                   "fold's validation (val) or training (train) bags.")
 @click.option("--threshold", type=float, default=1.0, show_default=True, help="|log2FC| threshold of gene tasks.")
 @click.option("--p-cut", type=float, help="Also require p_adj <= this for gene tasks.")
 @click.option("--fc-source", help="Fold-change source when there are several.")
+@click.option("--gene-slides", type=click.Choice(["tumour", "all"]), default="tumour", show_default=True,
+              help="Gene tasks: train on the case's tumour slides (task tumor labels, when the slides have them), "
+                   "or on all its slides (each carries the case's fold change).")
 @click.option("--positive", help="Positive class of a binary task.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--memory-budget", default="auto", show_default=True,
@@ -46,13 +67,16 @@ def _fmt_summary(summary: dict) -> str:
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
 def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, patience, lr, weight_decay, dropout,
-          bags_per_step, class_weight, select_on, threshold, p_cut, fc_source, positive, device, memory_budget,
-          resume_run):
+          bags_per_step, class_weight, select_on, min_epochs, val_fraction, standardize, hidden_dim, attn_dim,
+          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings, resume, train as run_train
 
+    def notify(line: str) -> None:
+        click.echo(line, err=True)
+
     if resume_run is not None:
-        r = resume(store, resume_run)
+        r = resume(store, resume_run, notify=notify)
     else:
         if not cohort or not task:
             raise click.UsageError("--cohort and --task are required (or --resume RUN)")
@@ -61,9 +85,12 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay, dropout=dropout,
                           bags_per_step=bags_per_step, class_weight=class_weight, select_on=select_on,
                           device=device, threshold=threshold, p_cut=p_cut, fc_source=fc_source,
-                          positive=positive, genes=gene_list,
-                          memory_budget=None if memory_budget == "auto" else memory_budget)
-        r = run_train(store, s)
+                          positive=positive, genes=gene_list, gene_slides=gene_slides, min_epochs=min_epochs,
+                          standardize=standardize, hidden_dim=hidden_dim, attn_dim=attn_dim,
+                          decision_threshold=decision_threshold,
+                          memory_budget=None if memory_budget == "auto" else memory_budget,
+                          **({"val_fraction": val_fraction} if val_fraction is not None else {}))
+        r = run_train(store, s, notify=notify)
     if r.children or r.task.endswith(":*"):
         click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")
         for c in r.children:
@@ -76,7 +103,8 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
         if "spearman_metric_vs_mean_abs_log2fc" in r.summary:
             click.echo(f"Spearman rho of AUC vs mean |log2FC|: {r.summary['spearman_metric_vs_mean_abs_log2fc'][0]:.3f}")
         return
-    click.echo(f"run {r.run_id} ({r.task}, {r.model}, {r.n_bags} slides): {_fmt_summary(r.summary)} "
+    click.echo(f"run {r.run_id} ({r.task}, {r.model}, {r.n_bags} slides of {r.n_cases} cases): "
+               f"{_fmt_summary(r.summary)} "
                f"[{r.seconds:.1f} s]")
     for n in r.notes:
         click.echo(f"note: {n}", err=True)
@@ -109,25 +137,41 @@ def runs_show(store, run_id):
     """A run's settings, per-fold and summary metrics (per-gene table for gene runs)."""
     import json
 
+    import pyarrow as pa
+
+    from histstore.evaluation.pooled import N_BOOT, N_PERM
     from histstore.runs import show_run
 
     r = show_run(store, run_id)
     run = r.run
     click.echo(f"run {run['run_id']}: {run['kind']} {run['task'] or ''} {run['model'] or ''} on cohort "
-               f"{run['cohort']} - {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+               f"{run['cohort']} - {r.state}" + (f" ({run['error']})" if run["error"] else ""))
     click.echo(f"seed {run['seed']}, code {run['code_version']}, started {run['started_at']}, "
                f"finished {run['finished_at']}")
     if r.summary.num_rows:
-        click.echo("\ntest metrics (mean ± sd over folds):")
+        click.echo("\ntest metrics (mean ± sd over the n_folds folds where each is defined; "
+                   "undefined_folds: where it is not, e.g. one class in the fold):")
         emit_rows(r.summary)
     if r.per_fold.num_rows:
-        click.echo("\nper fold (test):")
+        click.echo("\nper fold (test; case_*: slide scores averaged per case):")
         emit_rows(r.per_fold)
+    st = r.statistics
+    if st is not None and len(st.intervals):
+        click.echo(f"\npooled test predictions, 95 % intervals from {N_BOOT} case-stratified bootstrap "
+                   "resamples (computed now, not stored):")
+        emit_rows(pa.Table.from_pandas(st.intervals, preserve_index=False))
     if r.children is not None:
         click.echo("\nper gene:")
         emit_rows(r.children)
+    if st is not None and st.gene_tests is not None and len(st.gene_tests):
+        click.echo(f"\nper gene, pooled test AUC against chance: one-sided permutation p ({N_PERM:,} "
+                   f"permutations of labels within folds; p >= {1 / (N_PERM + 1):.1e}), Benjamini-Hochberg q; "
+                   "passes: q < 0.05:")
+        emit_rows(pa.Table.from_pandas(st.gene_tests, preserve_index=False))
     if r.parent_metrics:
         click.echo("\n" + ", ".join(f"{k} = {v:.4g}" for k, v in r.parent_metrics.items()))
+    for n in (st.notes if st is not None else []):
+        click.echo(f"note: {n}", err=True)
     click.echo("\nsettings: " + json.dumps({k: v for k, v in run["settings"].items()
                                           if k not in ("train_config", "task_spec")}, default=str))
 
@@ -138,7 +182,13 @@ def runs_show(store, run_id):
 @format_option()
 @pass_store
 def compare(store, run_ids, subset, fmt):
-    """Runs side by side: one row per metric, mean ± sd over folds (the paper's Table 1)."""
-    from histstore.runs import compare_runs
+    """Runs side by side: one row per metric, mean ± sd over folds with the number of folds
+    (the paper's Table 1); pooled test AUC and accuracy with 95 % case-bootstrap intervals
+    (slide and case level); for runs on the first run's splits, paired tests of the AUC
+    difference (DeLong, paired case bootstrap)."""
+    from histstore.runs import compare as run_compare
 
-    emit_rows(compare_runs(store, list(run_ids), subset), fmt)
+    c = run_compare(store, list(run_ids), subset)
+    emit_rows(c.table, fmt)
+    for n in c.notes:
+        click.echo(n, err=True)

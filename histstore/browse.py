@@ -50,53 +50,31 @@ def as_int(value: Any, what: str) -> int:
 
 
 # ------------------------------------------------------------------------------ SQL
-class _NoFileAccess(Store):
-    """A Store whose read connections cannot reach files (DuckDB's enable_external_access,
-    which cannot be switched back on from SQL): COPY ... TO, read_csv('/any/file'), ATTACH,
-    INSTALL/LOAD are refused. store.read() does this itself once the store is sandboxed
-    (issue 13); setting it again is harmless."""
-
-    @contextmanager
-    def read(self) -> Iterator[sa.Connection]:
-        from histstore.catalog.bulk import duckdb_connection
-
-        with super().read() as conn:
-            duckdb_connection(conn).execute("SET enable_external_access = false")
-            yield conn
-
-
 def user_sql(store: Store, query: str) -> pa.Table | None:
-    """A person's SQL from the web app: `histstore sql`'s read-only rules, and no file access."""
+    """A person's SQL from the web app: `histstore sql`'s read-only rules (store.read() is
+    DuckDB's sandbox: no file access, settings locked)."""
     from histstore.sql import run_sql
 
-    import dataclasses
-
-    # the same store (every field of it, whatever Store holds), with sandboxed reads
-    sandboxed = _NoFileAccess(**{f.name: getattr(store, f.name) for f in dataclasses.fields(store) if f.init})
-    return run_sql(sandboxed, query)
+    return run_sql(store, query)
 
 
 # ------------------------------------------------------------------------------ jobs
-def _run_columns(conn: sa.Connection) -> set[str]:
-    return {r[0] for r in conn.exec_driver_sql(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").all()}
-
-
 def running_jobs(store: Store) -> list[dict]:
-    """Runs with status 'running', newest first, with their progress when the catalog records
-    it (progress_done / progress_total / updated_at; older schemas have neither: shown as
-    unknown)."""
-    # MERGE NOTE (issue 13, migration 0003): progress columns are read when present, so this
-    # works before and after that migration; adjust here if their names differ.
+    """Runs marked running, newest first, each with `state` ('running', or 'interrupted' when
+    its process is gone or its heartbeat stale: histstore.liveness's one rule), its progress
+    (`fraction`, `progress`) and heartbeat age."""
+    from histstore.liveness import progress_text, running_rows
+
     with store.read() as conn:
-        cols = _run_columns(conn)
-        extra = [c for c in ("progress_done", "progress_total", "updated_at") if c in cols]
-        select = ", ".join(["run_id", "parent_run_id", "kind", "cohort", "task", "model", "started_at", *extra])
-        rows = _rows(conn, f"SELECT {select} FROM runs WHERE status = 'running' ORDER BY run_id DESC")
+        rows = running_rows(conn)
+        extra = {r[0]: r[1:] for r in conn.exec_driver_sql(
+            "SELECT run_id, parent_run_id FROM runs WHERE status = 'running'").all()}
     for r in rows:
+        r["parent_run_id"] = extra.get(r["run_id"], (None,))[0]
         done, total = r.get("progress_done"), r.get("progress_total")
-        r["fraction"] = (float(done) / float(total)) if done is not None and total else None
-    return rows
+        r["fraction"] = (float(done or 0) / float(total)) if total else None
+        r["progress"] = progress_text(done, total, r.get("progress_unit"))
+    return sorted(rows, key=lambda r: r["run_id"], reverse=True)
 
 
 # ------------------------------------------------------------------------------ cohorts

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from histstore.catalog.bulk import duckdb_connection, query_arrow, query_numpy
 from histstore.catalog.cohorts import add_to_cohort, check_cohort_name, cohort_exists, require_cohort
 from histstore.errors import EmptyCohort, InvalidInput, SQLError
+from histstore.ids import check_id, refuse_bad_ids
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
+
 
 def _slides_from_file(path: Path) -> list[str]:
     p = Path(path)
@@ -22,22 +24,48 @@ def _slides_from_file(path: Path) -> list[str]:
         raise InvalidInput(f"slide list {p} does not exist")
     first = (p.read_text(errors="replace").splitlines() or [""])[0]
     if "," in first or "\t" in first or first.strip() == "slide_id":
-        return read_table(p, required=["slide_id"], what="slide list")["slide_id"].tolist()
-    ids = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        ids = read_table(p, required=["slide_id"], what="slide list")["slide_id"].tolist()
+        refuse_bad_ids(p, ids, "slide_id")
+        return ids
+    lines = p.read_text(errors="replace").splitlines()
+    ids = [ln.strip() for ln in lines if ln.strip()]
     if not ids:
         raise InvalidInput(f"slide list {p} is empty")
+    for i, ln in enumerate(lines):
+        if ln.strip():
+            check_id(ln.strip(), "slide_id", f"{p.name} line {i + 1}")
     return ids
 
 
-def _select_ids(conn: sa.Connection, sql: str) -> list[str]:
-    raw = duckdb_connection(conn)
+def require_one_select(sql: str, what: str) -> None:
+    """Refuse anything but exactly one SELECT statement, as DuckDB's own parser reads it."""
+    import duckdb
+
     try:
-        # wrapping makes it a query: a write statement cannot run from here
-        rel = raw.execute(f"SELECT DISTINCT slide_id FROM ({sql.strip().rstrip(';')}) ORDER BY 1")
-        return [r[0] for r in rel.fetchall()]
+        statements = duckdb.extract_statements(sql)
     except Exception as exc:
         msg = " ".join(str(exc).splitlines()[:1])
-        raise SQLError(f"cohort query failed: {msg} (it must return a slide_id column)") from None
+        raise SQLError(f"{what} does not parse: {msg}") from None
+    kinds = [st.type.name for st in statements]
+    if kinds != ["SELECT"]:
+        found = ", ".join(kinds) if kinds else "nothing"
+        raise SQLError(f"{what} must be exactly one SELECT statement; found {found}")
+
+
+def _select_ids(store: Store, sql: str, what: str) -> list[str]:
+    """slide_ids a user's query selects: checked to be one SELECT, run on the sandboxed
+    read-only connection (before any write transaction opens)."""
+    wrapped = f"SELECT DISTINCT slide_id FROM ({sql.strip().rstrip(';')}) ORDER BY 1"
+    require_one_select(wrapped, what)
+    with store.read() as conn:
+        raw = duckdb_connection(conn)
+        try:
+            rel = raw.execute(wrapped)
+            return [r[0] for r in rel.fetchall()]
+        except Exception as exc:
+            msg = " ".join(str(exc).splitlines()[:1])
+            hint = " (it must return a slide_id column)" if "slide_id" in msg else ""
+            raise SQLError(f"{what} failed: {msg}{hint}") from None
 
 
 @dataclass
@@ -56,28 +84,37 @@ def create_cohort(store: Store, name: str, slides_file: Path | None = None, sql:
         raise InvalidInput("give exactly one of --slides FILE, --sql QUERY, --from COHORT")
     if where is not None and from_cohort is None:
         raise InvalidInput("--where goes with --from COHORT")
-    with store.write() as conn:
+    # user SQL runs first, alone, on the sandboxed read-only connection; the write
+    # transaction below only inserts the snapshot
+    if sql is not None:
+        require_one_select(sql, "the cohort query (--sql)")
+        ids = _select_ids(store, sql, "the cohort query (--sql)")
+        definition = f"sql: {sql.strip()}"
+    elif from_cohort is not None:
+        with store.read() as conn:
+            require_cohort(conn, from_cohort)
+        if where is not None:
+            require_one_select(f"SELECT * FROM slides WHERE ({where})", "the --where condition")
+        cond = f" AND ({where})" if where else ""
+        ids = _select_ids(store,
+            f"SELECT * FROM slides WHERE slide_id IN (SELECT slide_id FROM cohort_slides "
+            f"WHERE cohort = '{from_cohort.replace(chr(39), chr(39) * 2)}'){cond}", "the --where condition")
+        definition = f"from {from_cohort}" + (f" where {where}" if where else "")
+    else:
+        ids = _slides_from_file(Path(slides_file))
+        definition = f"slides file {Path(slides_file).resolve()}"
+    if not ids:
+        raise EmptyCohort(f"cohort {name!r} would be empty: the selection matched no slides")
+    with store.write(f"create cohort {name}") as conn:
         if cohort_exists(conn, name):
             raise InvalidInput(f"cohort {name!r} already exists",
                                hint="choose another name; cohorts are snapshots and are not redefined")
+        known = set(query_numpy(conn, "SELECT slide_id FROM slides")["slide_id"].tolist())
         if slides_file is not None:
-            ids = _slides_from_file(Path(slides_file))
-            definition = f"slides file {Path(slides_file).resolve()}"
-            known = set(query_numpy(conn, "SELECT slide_id FROM slides")["slide_id"].tolist())
-            series = pd.Series(ids)
-            refuse_rows(slides_file, ~series.isin(known), "name a slide that is not in the catalog")
-        elif sql is not None:
-            ids = _select_ids(conn, sql)
-            definition = f"sql: {sql.strip()}"
-        else:
-            require_cohort(conn, from_cohort)
-            cond = f" AND ({where})" if where else ""
-            ids = _select_ids(conn,
-                f"SELECT * FROM slides WHERE slide_id IN (SELECT slide_id FROM cohort_slides "
-                f"WHERE cohort = '{from_cohort.replace(chr(39), chr(39) * 2)}'){cond}")
-            definition = f"from {from_cohort}" + (f" where {where}" if where else "")
-        if not ids:
-            raise EmptyCohort(f"cohort {name!r} would be empty: the selection matched no slides")
+            refuse_rows(slides_file, ~pd.Series(ids).isin(known), "name a slide that is not in the catalog")
+        gone = [i for i in ids if i not in known]
+        if gone:
+            raise InvalidInput(f"{len(gone)} selected slides are not in the catalog (e.g. {gone[0]!r})")
         add_to_cohort(conn, name, ids, description, definition)
         n_cases = conn.exec_driver_sql(
             "SELECT count(DISTINCT case_id) FROM slides WHERE slide_id IN "

@@ -7,6 +7,7 @@ one heatmap -> the metrics table, the pictures' paths and SQL to paste next.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,8 @@ def run_demo(store_root: Path, *, quick: bool = False, n_slides: int | None = No
         gene_run = result.runs["genes"] = g.run_id
         for c in g.children:
             auc = c.summary.get("auc")
-            echo(f"      {c.task:<10} " + (f"AUC {auc[0]:.3f}" if auc else "AUC undefined (one class per test fold)"))
+            defined = auc is not None and not math.isnan(auc[0])
+            echo(f"      {c.task:<10} " + (f"AUC {auc[0]:.3f}" if defined else "AUC undefined (one class per test fold)"))
         for n in g.notes:
             echo(f"      skipped {n}")
     else:

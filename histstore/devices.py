@@ -61,3 +61,19 @@ def autocast(device_type: str, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=amp_dtype)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`: CUDA's free memory on that GPU, or the
+    system's MemAvailable for the CPU (Linux); None when it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -59,6 +59,10 @@ class StoreLocked(HiststoreError):
     """Another process holds the catalog's write lock."""
 
 
+class UnsafeRemoval(HiststoreError):
+    """A removal aimed outside the folder that owns it was refused (see histstore.fsops)."""
+
+
 class SchemaMismatch(HiststoreError):
     """The catalog's schema revision differs from the one this code expects."""
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from histstore.catalog.bulk import duckdb_connection, insert_frame, query_numpy
 from histstore.errors import InvalidInput
+from histstore.ids import refuse_bad_ids
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
 
@@ -103,6 +104,7 @@ def import_fold_changes(store: Store, path: Path | str, source: str, fmt: str = 
             refuse_rows(path, bad_p, "have a p_adj that is not a number in [0, 1]")
         long = pd.DataFrame({"case_id": df["case_id"], "gene": df["gene"], "v": vals, "p_adj": p_adj})
         refuse_rows(path, (long.case_id == "") | (long.gene == ""), "have an empty case_id or gene")
+        refuse_bad_ids(path, long.case_id, "case_id")
         dup = long.duplicated(["case_id", "gene"], keep=False)
         conflicting = dup & long.groupby(["case_id", "gene"])["v"].transform("nunique").gt(1)
         refuse_rows(path, conflicting, "give conflicting values for the same case and gene")
@@ -115,6 +117,8 @@ def import_fold_changes(store: Store, path: Path | str, source: str, fmt: str = 
         num = df[genes].apply(_to_float)
         bad = (num.isna() | ~np.isfinite(num.fillna(0))) & (df[genes] != "")
         refuse_rows(path, bad.any(axis=1), "have a non-numeric, NaN or infinite value")
+        refuse_rows(path, df["case_id"] == "", "have an empty case_id")
+        refuse_bad_ids(path, df["case_id"], "case_id")
         refuse_rows(path, df["case_id"].duplicated(keep=False), "repeat a case_id")
         long = num.assign(case_id=df["case_id"]).melt(id_vars="case_id", var_name="gene", value_name="v")
         long = long.dropna(subset=["v"])

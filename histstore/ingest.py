@@ -2,8 +2,10 @@
 
 Each slide is processed by `histstore.wsi.process.process_slide`, a pure function run in worker
 processes; only this (parent) process writes the catalog. A slide is registered - case, slide
-row, tiling, tiles, cohort membership - in ONE transaction after its work is done, so an
-interrupted ingest leaves no half-registered slide and a re-run continues where it stopped.
+row, tiling, tiles, cohort membership - in ONE short commit after its work is done (the
+catalog is free between commits), so an interrupted ingest leaves no half-registered slide
+and a re-run continues where it stopped. Each commit re-reads what another process may have
+changed meanwhile (the same slide registered by a concurrent ingest: skipped).
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ import sqlalchemy as sa
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
 from histstore.errors import HiststoreError, InvalidInput
+from histstore.faults import fault_point
+from histstore.ids import path_component
 from histstore.keys import settings_key
 from histstore.progress import progress_bar
 from histstore.sources import SlideSource, read_source
-from histstore.store import Store, transaction
+from histstore.store import Store
 from histstore.wsi.tiling import TilingSpec
 
 QC_DIR = "artifacts/qc"
@@ -118,8 +122,33 @@ def _ensure_case(conn: sa.Connection, src: SlideSource) -> None:
                          (src.case_id, src.project))
 
 
-def _register_success(store: Store, conn: sa.Connection, src: SlideSource, result, spec: TilingSpec,
-                      key: str, existing: bool) -> None:
+def _current(conn: sa.Connection, slide_id: str, key: str):
+    """(fingerprint, status) of the slide now (None if unknown) and whether it has this tiling:
+    read inside the commit, since another process may have registered it meanwhile."""
+    row = conn.exec_driver_sql("SELECT fingerprint, status FROM slides WHERE slide_id = ?", (slide_id,)).first()
+    tiled = bool(conn.exec_driver_sql("SELECT count(*) FROM tilings WHERE slide_id = ? AND settings_key = ?",
+                                      (slide_id, key)).scalar())
+    return (tuple(row) if row is not None else None), tiled
+
+
+def qc_relpath(slide_id: str, key: str) -> str:
+    return f"{QC_DIR}/{path_component(slide_id)}__{key}.png"
+
+
+def _write_qc(store: Store, slide_id: str, key: str, png: bytes) -> str:
+    """The QC thumbnail, written before the commit (a crash leaves at most a stray PNG that
+    the next ingest of the slide replaces)."""
+    qc_rel = qc_relpath(slide_id, key)
+    qc_path = store.resolve(qc_rel)
+    qc_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = qc_path.with_name(f".{qc_path.name}.{os.getpid()}.partial")
+    tmp.write_bytes(png)
+    os.replace(tmp, qc_path)
+    return qc_rel
+
+
+def _register_success(conn: sa.Connection, src: SlideSource, result, spec: TilingSpec,
+                      key: str, existing: bool, qc_rel: str) -> None:
     props = result.slide_properties()
     _ensure_case(conn, src)
     cols = dict(path=str(src.path), fingerprint=props["fingerprint"], file_size=props["file_size"],
@@ -134,11 +163,9 @@ def _register_success(store: Store, conn: sa.Connection, src: SlideSource, resul
             "WHERE slide_id = ?", (*cols.values(), src.slide_id))
     else:
         insert_frame(conn, "slides", pd.DataFrame([{**cols, "slide_id": src.slide_id,
-                                                    "case_id": src.case_id, "status": "ingested"}]))
-    qc_rel = f"{QC_DIR}/{src.slide_id.replace('/', '_')}__{key}.png"
-    qc_path = store.resolve(qc_rel)
-    qc_path.parent.mkdir(parents=True, exist_ok=True)
-    qc_path.write_bytes(result.qc_png)
+                                                    "case_id": src.case_id, "status": "ingested",
+                                                    "case_id_source": src.case_id_source}]))
+    fault_point("ingest.mid_commit")
     grid = result.grid
     settings = {**tiling_settings(spec), "read": grid.spec}
     import json
@@ -168,7 +195,8 @@ def _register_failure(conn: sa.Connection, src: SlideSource, message: str, exist
     _ensure_case(conn, src)
     insert_frame(conn, "slides", pd.DataFrame([{
         "slide_id": src.slide_id, "case_id": src.case_id, "path": str(src.path), "status": "failed",
-        "error": message, "sample_id": src.sample_id, "sample_type": src.sample_type}]))
+        "error": message, "sample_id": src.sample_id, "sample_type": src.sample_type,
+        "case_id_source": src.case_id_source}]))
 
 
 def default_workers() -> int:
@@ -177,18 +205,23 @@ def default_workers() -> int:
 
 def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | None = None,
            assume_mpp: float | None = None, workers: int | None = None,
-           show_progress: bool = True) -> IngestReport:
-    """Ingest every slide of `source`; returns per-slide outcomes (failures do not raise)."""
+           show_progress: bool = True, case_id_mode: str | None = None) -> IngestReport:
+    """Ingest every slide of `source`; returns per-slide outcomes (failures do not raise).
+    case_id_mode 'slide' (--case-id slide): a slide with no case id and no TCGA barcode is
+    its own case; without it such slides are refused (see sources.assign_cases)."""
     if cohort is not None:
         check_cohort_name(cohort)
     if assume_mpp is not None and not assume_mpp > 0:
         raise InvalidInput(f"--assume-mpp must be > 0, got {assume_mpp}")
-    sources = read_source(source)  # validated whole before anything is written
+    with store.read() as conn:  # a slide ingested again (another tiling) keeps its case
+        catalog_cases = dict(conn.exec_driver_sql(
+            "SELECT slide_id, case_id FROM slides WHERE case_id IS NOT NULL").all())
+    sources = read_source(source, case_id_mode, catalog_cases)  # validated whole before anything is written
     key = tiling_key(spec)
     report = IngestReport(key, spec, cohort=cohort)
-    with store.writer() as conn:
-        known, tiled = _catalog_state(conn, key)
-        conn.commit()
+    with store.session():
+        with store.read() as conn:
+            known, tiled = _catalog_state(conn, key)
         todo, report.outcomes = _plan(sources, known, tiled, key)
         by_id = {s.slide_id: s for s in todo}
         workers = default_workers() if workers is None else max(1, workers)
@@ -196,16 +229,30 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         bar.update(len(report.outcomes))
 
         def handle(src: SlideSource, result, error: str | None) -> None:
-            existing = src.slide_id in known
-            with transaction(conn):
-                if result is not None:
-                    _register_success(store, conn, src, result, spec, key, existing)
+            qc_rel = _write_qc(store, src.slide_id, key, result.qc_png) if result is not None else None
+            fault_point("ingest.before_commit")
+            with store.commit(f"slide {src.slide_id}") as conn:
+                now, now_tiled = _current(conn, src.slide_id, key)
+                if result is not None and now is not None and now_tiled and now[1] != "failed":
+                    # registered by another process since we looked: keep theirs
+                    outcome = SlideOutcome(src.slide_id, "skipped")
                     if cohort:
                         add_to_cohort(conn, cohort, [src.slide_id])
-                    report.outcomes.append(SlideOutcome(src.slide_id, "ingested", result.n_tiles))
+                elif result is not None and now is not None and now[0] is not None and now[1] != "failed" \
+                        and now[0] != result.fingerprint:
+                    outcome = SlideOutcome(src.slide_id, "changed", message=(
+                        f"{src.path} differs from the file ingested as {src.slide_id} (fingerprint "
+                        "changed); left as it was - give the new scan another slide_id"))
+                elif result is not None:
+                    _register_success(conn, src, result, spec, key, now is not None, qc_rel)
+                    if cohort:
+                        add_to_cohort(conn, cohort, [src.slide_id])
+                    outcome = SlideOutcome(src.slide_id, "ingested", result.n_tiles)
                 else:
-                    _register_failure(conn, src, error, existing)
-                    report.outcomes.append(SlideOutcome(src.slide_id, "failed", message=error))
+                    _register_failure(conn, src, error, now is not None)
+                    outcome = SlideOutcome(src.slide_id, "failed", message=error)
+            fault_point("ingest.after_commit")
+            report.outcomes.append(outcome)
             bar.update(1)
             bar.set_postfix(tiles=report.n_tiles, failed=report.count("failed"), refresh=False)
 
@@ -214,7 +261,7 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
             for src in todo:
                 handle(src, *_process(str(src.path), spec_dict, assume_mpp))
         else:
-            ctx = mp.get_context("spawn")  # never fork a process that holds the DuckDB file
+            ctx = mp.get_context("spawn")  # never fork a process that may hold the DuckDB file
             with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
                 futures = {pool.submit(_process, str(s.path), spec_dict, assume_mpp): s.slide_id for s in todo}
                 try:
@@ -227,6 +274,6 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         # slides already in the catalog (skipped) join the cohort too
         skipped = [o.slide_id for o in report.outcomes if o.status == "skipped"]
         if cohort and skipped:
-            with transaction(conn):
+            with store.commit(f"cohort {cohort}") as conn:
                 add_to_cohort(conn, cohort, skipped)
     return report

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from histstore.barcodes import TCGA_BARCODE
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.errors import CohortNotFound, InvalidInput
+from histstore.ids import check_id, refuse_bad_ids
 from histstore.store import Store
 from histstore.tabular import read_table, refuse_rows
 
@@ -50,7 +51,8 @@ def tumor_label_from_sample_type(sample_type: str | None) -> str | None:
 
 
 def _check_task_name(task: str) -> None:
-    if not task or ":" in task or task != task.strip():
+    check_id(task, "task name")
+    if ":" in task:
         raise InvalidInput(f"bad task name {task!r}: use letters, digits, _ or - (':' is reserved "
                            "for derived gene tasks like de:TP53)")
 
@@ -83,12 +85,13 @@ def import_labels(store: Store, path: Path | str, task: str, level: str = "slide
         raise InvalidInput(f"labels file {path} has no column {column!r} (columns: {', '.join(df.columns)})")
     ids, values = df[key], df[column]
     refuse_rows(path, ids == "", f"have an empty {key}")
+    refuse_bad_ids(path, ids, key)
     refuse_rows(path, values.isin(["", "nan", "NaN", "NA", "inf", "-inf"]),
                 f"have an empty or non-finite value in {column!r}")
     conflict = df.groupby(key)[column].transform("nunique") > 1
     refuse_rows(path, conflict, f"give conflicting values for the same {key}")
     df = df[[key, column]].drop_duplicates()
-    with store.write() as conn:
+    with store.write(f"import labels of task {task}") as conn:
         table = "slides" if level == "slide" else "cases"
         known = set(query_numpy(conn, f"SELECT {key} FROM {table}")[key].tolist())
         refuse_rows(path, ~ids.isin(known), f"name a {key} that is not in the catalog")

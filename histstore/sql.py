@@ -1,8 +1,11 @@
 """`histstore sql`: run a user's SQL on the catalog.
 
-Read-only by default: the catalog is opened in DuckDB's read-only mode, so a write statement is
-refused by the engine itself and nothing changes. With write=True the statements run in one
-transaction that is rolled back whole if any statement fails.
+Read-only by default: the catalog is opened in DuckDB's read-only mode inside its sandbox
+(Store.read: no file access at all - no COPY TO, EXPORT DATABASE, ATTACH, INSTALL/LOAD,
+read_csv/read_parquet of files - and settings locked so SET cannot undo it), so the engine
+itself refuses anything but reading the catalog. Result files are written by the CLI's
+--output. With write=True the statements run with DuckDB's full power in one transaction that
+is rolled back whole if any statement fails.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from histstore.errors import InvalidInput, ReadOnlyViolation, SQLError
 from histstore.store import Store
 
 _READ_ONLY_MARKERS = ("read-only mode", "read only mode", "attached in read-only")
+_SANDBOX_MARKERS = ("disabled by configuration", "disabled through configuration",
+                    "configuration has been locked")
 
 
 def _one_line(exc: Exception) -> str:
@@ -40,6 +45,11 @@ def run_sql(store: Store, query: str, write: bool = False) -> pa.Table | None:
                 raise ReadOnlyViolation(
                     "refused: this statement writes to the catalog and `histstore sql` is "
                     "read-only", hint="add --write to allow changes") from None
+            if not write and any(m in msg for m in _SANDBOX_MARKERS):
+                raise ReadOnlyViolation(
+                    "refused: without --write `histstore sql` reads the catalog and nothing else "
+                    f"(no files, extensions or settings): {msg}",
+                    hint="write query results with --output FILE; --write allows everything") from None
             raise SQLError(msg) from None
     return table
 

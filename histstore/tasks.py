@@ -15,6 +15,11 @@ A task name is one of
 
 For binary classification the positive class is the first of POSITIVE_CLASSES present,
 else the alphabetically last class; `--positive` overrides it.
+
+Which slides a gene task uses (`gene_task_slides`): fold changes are measured per case on the
+tumour sample, so by default only the case's tumour slides carry it - the slides whose
+`tumor` label is tumour, when the cohort's slides have that label. `all` gives every slide
+of the case its case's value (the behaviour before this choice existed).
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from histstore.catalog.bulk import query_numpy
 from histstore.errors import InvalidInput, NotFound
 
 GENE_TASK_KINDS = ("de", "up", "down", "fc")
+GENE_SLIDES = ("tumour", "all")
+TUMOUR_TASK = "tumor"                 # the label task that says tumour vs normal
+TUMOUR_VALUES = ("tumor", "tumour")
 POSITIVE_CLASSES = ("tumor", "tumour", "de", "up", "down", "positive", "pos", "yes", "true", "1")
 
 
@@ -151,3 +159,27 @@ def task_targets(conn: sa.Connection, spec: TaskSpec, slide_ids: list[str]) -> T
     missing = [s for s in wanted if s not in got_set]
     return TaskTargets(spec, got[order], np.asarray(rows["case_id"]).astype(object)[order],
                        np.asarray(values)[order], missing)
+
+
+@dataclass
+class GeneSlides:
+    """The slides a gene task trains on. keep: the chosen slide ids, in input order.
+    left_out: slides dropped (normal or without a tumour label); labelled: whether the
+    cohort's slides had tumour labels at all."""
+    keep: list[str]
+    left_out: list[str]
+    labelled: bool
+
+
+def gene_task_slides(conn: sa.Connection, slide_ids: list[str], which: str = "tumour") -> GeneSlides:
+    """Filter a gene task's slides: "tumour" keeps the slides labelled tumour (task
+    `tumor`) when any of the slides has that label, else all; "all" keeps every slide."""
+    if which not in GENE_SLIDES:
+        raise InvalidInput(f"gene slides must be one of {', '.join(GENE_SLIDES)}, got {which!r}")
+    rows = query_numpy(conn, "SELECT slide_id, value FROM slide_labels WHERE task = $1 "
+                             "AND slide_id IN (SELECT unnest($2::VARCHAR[]))", [TUMOUR_TASK, list(slide_ids)])
+    label = dict(zip(rows["slide_id"].tolist(), rows["value"].tolist()))
+    if which == "all" or not label:
+        return GeneSlides(list(slide_ids), [], bool(label))
+    keep = [s for s in slide_ids if str(label.get(s, "")).lower() in TUMOUR_VALUES]
+    return GeneSlides(keep, [s for s in slide_ids if s not in set(keep)], True)

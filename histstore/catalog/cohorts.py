@@ -11,12 +11,14 @@ import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.errors import CohortNotFound, InvalidInput
+from histstore.ids import check_id
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-.]*$")
 
 
 def check_cohort_name(name: str) -> None:
-    if not name or not _NAME.match(name):
+    check_id(name, "cohort name")
+    if not _NAME.match(name):
         raise InvalidInput(f"bad cohort name {name!r}: start with a letter; use letters, digits, _ - .")
 
 

@@ -68,6 +68,7 @@ class Slide(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    case_id_source: Mapped[str | None] = mapped_column(sa.Text)  # 0003
 
 
 class CohortSlide(Base):
@@ -209,6 +210,12 @@ class Run(Base):
     started_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # 0003: heartbeat and progress of a running job
+    updated_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    pid: Mapped[int | None] = mapped_column(sa.BigInteger)
+    progress_done: Mapped[int | None] = mapped_column(sa.BigInteger)
+    progress_total: Mapped[int | None] = mapped_column(sa.BigInteger)
+    progress_unit: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class Split(Base):
@@ -267,3 +274,4 @@ class Artifact(Base):
     fold: Mapped[int | None] = mapped_column(sa.Integer)
     description: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = _created()
+    sha256: Mapped[str | None] = mapped_column(sa.Text)  # 0003

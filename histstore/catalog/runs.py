@@ -21,7 +21,7 @@ def require_run(conn: sa.Connection, run_id: int | str) -> dict:
         raise NotFound(f"no run {run_id!r}: runs are numbered", hint="see `histstore runs list`") from None
     row = conn.exec_driver_sql(
         "SELECT run_id, parent_run_id, kind, name, cohort, task, model, embedding_set_id, encoder_id, "
-        "settings, seed, code_version, host, status, started_at, finished_at, error FROM runs WHERE run_id = ?",
+        "settings, seed, code_version, host, pid, status, started_at, finished_at, error FROM runs WHERE run_id = ?",
         (rid,)).first()
     if row is None:
         raise NotFound(f"no run {rid}", hint="see `histstore runs list`")
@@ -34,10 +34,12 @@ def require_run(conn: sa.Connection, run_id: int | str) -> dict:
 @dataclass
 class RunReport:
     run: dict
-    summary: pa.Table                  # metric, mean, sd, n_folds (test subset)
+    summary: pa.Table                  # metric, mean, sd, n_folds, n_undefined, undefined_folds (test)
     per_fold: pa.Table                 # fold x metric (test subset)
     children: pa.Table | None = None   # multi-gene runs: one row per gene
     parent_metrics: dict[str, float] = field(default_factory=dict)
+    state: str = ""                    # status to show (histstore.liveness), with progress when running
+    statistics: object | None = None   # evaluation.run_stats.RunStatistics, when asked for
 
 
 def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
@@ -46,8 +48,9 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
     run = require_run(conn, run_id)
     rid = run["run_id"]
     summary = query_arrow(conn,
-        "SELECT metric, mean, sd, n_folds FROM run_summary WHERE run_id = $1 AND subset = 'test' "
-        "ORDER BY metric", [rid])
+        "SELECT metric, mean, sd, n_folds, n_undefined, array_to_string(undefined_folds, ', ') AS undefined_folds "
+        "FROM run_summary "
+        "WHERE run_id = $1 AND subset = 'test' ORDER BY metric", [rid])
     # PIVOT takes no parameters; rid is an int from the catalog
     per_fold = query_arrow(conn,
         f"PIVOT (SELECT fold, name, value FROM metrics WHERE run_id = {int(rid)} AND subset = 'test' "
@@ -61,6 +64,7 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
             SELECT r.run_id, r.task, r.status,
                    max(CASE WHEN s.metric = 'auc' THEN s.mean END) AS auc,
                    max(CASE WHEN s.metric = 'auc' THEN s.sd END) AS auc_sd,
+                   max(CASE WHEN s.metric = 'auc' THEN s.n_folds END) AS auc_folds,
                    max(CASE WHEN s.metric = 'accuracy' THEN s.mean END) AS accuracy,
                    max(CASE WHEN s.metric = 'pearson' THEN s.mean END) AS pearson,
                    any_value(m.value) FILTER (WHERE m.name = 'mean_abs_log2fc') AS mean_abs_log2fc,
@@ -74,3 +78,20 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
         parent_metrics = dict(conn.exec_driver_sql(
             "SELECT name, value FROM metrics WHERE run_id = ? AND fold IS NULL", (rid,)).all())
     return RunReport(run, summary, per_fold, children, parent_metrics)
+
+
+def read_test_predictions(conn: sa.Connection, run_id: int) -> "pd.DataFrame":
+    """A run's test predictions with each slide's case: fold, slide_id, case_id, label,
+    target, score, predicted (one row per test slide)."""
+    import pandas as pd  # noqa: F401  (the return type)
+
+    return query_arrow(conn, """
+        SELECT p.fold, p.slide_id, s.case_id, p.label, p.target, p.score, p.predicted
+        FROM predictions p JOIN splits s ON s.run_id = p.run_id AND s.fold = p.fold AND s.slide_id = p.slide_id
+        WHERE p.run_id = $1 AND p.subset = 'test' ORDER BY p.fold, p.slide_id""", [int(run_id)]).to_pandas()
+
+
+def split_signature(conn: sa.Connection, run_id: int) -> frozenset:
+    """A run's splits as a set of (fold, slide_id, subset): equal sets mean the same splits."""
+    return frozenset(conn.exec_driver_sql(
+        "SELECT fold, slide_id, subset FROM splits WHERE run_id = ?", (int(run_id),)).all())

@@ -2,42 +2,80 @@
 
 Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
 tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-chunks; ~0.5 ms per chunk touched, stack-notes) and Blosc-lz4-compressed.
+whole chunks, never one chunk per tile) and Blosc-lz4-compressed.
 
-Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> and moved to its
-final name only when complete (a directory rename, atomic on one filesystem); the catalog row
-in embedding_arrays is written after that, with a checksum of the array's bytes. A leftover
-partial array is garbage; a final-named array without a catalog row is discarded and redone.
-No torch here.
+Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> (the token
+names the writing process: host, PID) and moved to its final name only when complete (a
+directory rename, atomic on one filesystem), by the process that then registers it in
+embedding_arrays with a checksum of its bytes - the move and the registration happen while
+that process holds the catalog's write lock, after checking that no other process registered
+the slide meanwhile. A leftover partial array of a dead process is garbage; a final-named
+array without a catalog row is an orphan, replaced when the slide is embedded again (and
+reported by `histstore verify`). No torch here.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import socket
 import uuid
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import numpy as np
 import zarr
 
+from histstore.faults import fault_point
+from histstore.fsops import remove_tree
+from histstore.ids import from_path_component, path_component
+
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle, measured on real float16 ResNet embeddings (demo store): 0.63 of
-# the raw size at 2.8 GB/s decode, against zstd-3 at 0.68 and 1.4 GB/s (byte shuffle + lz4 did
-# not compress them at all). The codec is recorded in each array's metadata, so arrays
-# written with another codec still read.
+# Blosc lz4 with bit shuffle. On real float16 encoder output (benchmarks/bench_bags.py, codec
+# rows and table in benchmarks/RESULTS.md) it stores a few per cent less than zstd level 3 and
+# decodes faster; byte shuffle + lz4 does not compress such embeddings at all, and random
+# data (the benchmark's cohort-read part) barely compresses with any codec. The layout is not
+# tuned on real cohorts yet. The codec is recorded in each array's metadata, so arrays written
+# with another codec still read.
 COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 def slide_key(slide_id: str) -> str:
-    """Filesystem-safe, reversible name for a slide's array."""
-    return quote(slide_id, safe="-_.")
+    """Filesystem-safe, reversible name for a slide's array (histstore.ids.path_component)."""
+    return path_component(slide_id)
 
 
 def slide_from_key(key: str) -> str:
-    return unquote(key)
+    return from_path_component(key)
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def partial_token() -> str:
+    """Names the writer: p<PID>-<host tag>-<random>."""
+    return f"p{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def partial_owner(name: str) -> tuple[int, bool] | None:
+    """(PID, written on this host?) of a partial array's name, None if it has no token."""
+    token = name.rsplit(".", 1)[-1]
+    parts = token.split("-")
+    if len(parts) != 3 or not parts[0].startswith("p") or not parts[0][1:].isdigit():
+        return None
+    return int(parts[0][1:]), parts[1] == _host_tag()
+
+
+def partial_is_leftover(name: str) -> bool:
+    """A partial array that nobody is writing any more: its writer (on this host) is gone,
+    or it has no owner token (older histstore). Partials of other hosts are left alone."""
+    from histstore.liveness import pid_alive
+
+    owner = partial_owner(name)
+    if owner is None:
+        return True
+    pid, here = owner
+    return here and (pid == os.getpid() or not pid_alive(pid))
 
 
 def checksum(data: np.ndarray) -> str:
@@ -50,46 +88,84 @@ def checksum(data: np.ndarray) -> str:
 
 class ArrayWriter:
     """Writes one slide's array in row blocks under a temporary name; `commit` moves it into
-    place and returns its checksum. Use as a context manager: an exception discards it."""
+    place and returns its checksum. Use as a context manager: an exception discards it.
+
+    Blocks are held until they fill a whole chunk, which is then written once: writing each
+    small block straight into zarr re-reads and re-compresses its chunk every time
+    (benchmarks/bench_embed.py times both on a 10,000-row slide in 64-row blocks).
+    """
 
     def __init__(self, set_dir: Path, slide_id: str, n_rows: int, dim: int, dtype: str = "float16",
                  chunk_rows: int = DEFAULT_CHUNK_ROWS):
         self.set_dir = Path(set_dir)
         self.final = self.set_dir / slide_key(slide_id)
-        partial = self.set_dir / PARTIAL_DIR
-        partial.mkdir(parents=True, exist_ok=True)
-        self.tmp = partial / f"{slide_key(slide_id)}.{uuid.uuid4().hex[:8]}"
+        self.partial_dir = self.set_dir / PARTIAL_DIR
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.partial_dir / f"{slide_key(slide_id)}.{partial_token()}"
         self.n_rows, self.dim = int(n_rows), int(dim)
         self._hash = hashlib.blake2b(digest_size=16)
         self._hash.update(f"{np.dtype(dtype).str}{(self.n_rows, self.dim)}".encode())
-        self._next = 0
+        self._next = 0      # rows received
+        self._written = 0   # rows written to zarr (a multiple of the chunk rows, or n_rows)
+        self._held: list[np.ndarray] = []
+        self.chunk_rows = max(1, min(chunk_rows, self.n_rows))
         self.array = zarr.create_array(
             store=zarr.storage.LocalStore(str(self.tmp)), shape=(self.n_rows, self.dim),
-            chunks=(max(1, min(chunk_rows, self.n_rows)), self.dim), dtype=dtype,
+            chunks=(self.chunk_rows, self.dim), dtype=dtype,
             compressors=COMPRESSOR, fill_value=0, zarr_format=3)
 
     def write(self, block: np.ndarray) -> None:
         """Append the next rows (blocks must arrive in row order)."""
-        block = np.asarray(block, dtype=self.array.dtype)
+        block = np.array(block, dtype=self.array.dtype)  # a copy: the caller may reuse its buffer
         if block.ndim != 2 or block.shape[1] != self.dim:
             raise ValueError(f"block of shape {block.shape} does not fit [*, {self.dim}]")
         end = self._next + block.shape[0]
         if end > self.n_rows:
             raise ValueError(f"too many rows: {end} > {self.n_rows}")
-        self.array[self._next:end] = block
         self._hash.update(np.ascontiguousarray(block).tobytes())
+        self._held.append(block)
         self._next = end
+        full = (self._next - self._written) // self.chunk_rows * self.chunk_rows
+        if full:
+            self._flush(full)
+        if end < self.n_rows:
+            fault_point("array.mid_write")
 
-    def commit(self) -> str:
+    def _flush(self, rows: int) -> None:
+        """Write the first `rows` held rows (whole chunks, or the array's tail)."""
+        held = np.concatenate(self._held) if len(self._held) > 1 else self._held[0]
+        self.array[self._written:self._written + rows] = held[:rows]
+        self._written += rows
+        self._held = [held[rows:]] if rows < len(held) else []
+
+    def finish(self) -> str:
+        """Check that every row was written; the checksum. The array stays under .partial/."""
         if self._next != self.n_rows:
             raise ValueError(f"array incomplete: {self._next} of {self.n_rows} rows written")
-        if self.final.exists():  # an unregistered leftover of an interrupted run
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
+        if self._written < self.n_rows:
+            self._flush(self.n_rows - self._written)
         return self._hash.hexdigest()
 
+    def publish(self) -> None:
+        """Move the finished array to its final name, replacing an unregistered leftover there.
+        Call while holding the catalog's write lock, after checking the slide is not
+        registered in the set, and register it in the same transaction."""
+        self.finish()
+        if self.final.exists():  # an orphan of an interrupted run (not in the catalog)
+            remove_tree(self.final, self.set_dir)
+        os.replace(self.tmp, self.final)
+
+    def commit(self) -> str:
+        """finish() and publish() at once (single-process use: tests, tools)."""
+        checksum = self.finish()
+        self.publish()
+        return checksum
+
     def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            remove_tree(self.tmp, self.partial_dir)
+        except OSError:
+            pass
 
     def __enter__(self):
         return self
@@ -116,23 +192,52 @@ def read_array(set_dir: Path, slide_id: str) -> np.ndarray:
     return arr[...]
 
 
+def stored_info(set_dir: Path, slide_id: str) -> tuple[tuple[int, ...], str] | None:
+    """(shape, dtype) of a stored array from its metadata alone, None if there is none."""
+    path = Path(set_dir) / slide_key(slide_id)
+    if not (path / "zarr.json").is_file():
+        return None
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
+    return tuple(arr.shape), str(arr.dtype)
+
+
+def stored_checksum(set_dir: Path, slide_id: str, block_rows: int = DEFAULT_CHUNK_ROWS) -> str:
+    """The checksum of a stored array, read in row blocks (equals the writer's)."""
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
+                          mode="r")
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{np.dtype(arr.dtype).str}{tuple(arr.shape)}".encode())
+    for start in range(0, arr.shape[0], block_rows):
+        h.update(np.ascontiguousarray(arr[start:start + block_rows]).tobytes())
+    return h.hexdigest()
+
+
 def array_exists(set_dir: Path, slide_id: str) -> bool:
     return (Path(set_dir) / slide_key(slide_id) / "zarr.json").is_file()
 
 
 def remove_array(set_dir: Path, slide_id: str) -> None:
-    shutil.rmtree(Path(set_dir) / slide_key(slide_id), ignore_errors=True)
+    remove_tree(Path(set_dir) / slide_key(slide_id), set_dir)
+
+
+def leftover_partials(set_dir: Path, slide_id: str | None = None) -> list[Path]:
+    """Partial arrays (of one slide, or all) whose writer is gone."""
+    partial = Path(set_dir) / PARTIAL_DIR
+    if not partial.is_dir():
+        return []
+    prefix = None if slide_id is None else slide_key(slide_id) + "."
+    return sorted(p for p in partial.iterdir()
+                  if (prefix is None or p.name.startswith(prefix)) and partial_is_leftover(p.name))
 
 
 def clear_partials(set_dir: Path, slide_id: str | None = None) -> int:
-    """Delete leftovers of interrupted writes (of one slide, or all). Returns how many."""
-    partial = Path(set_dir) / PARTIAL_DIR
-    if not partial.is_dir():
-        return 0
+    """Delete leftovers of interrupted writes (of one slide, or all); partials that a live
+    process is writing are left alone. Returns how many were removed."""
     n = 0
-    prefix = None if slide_id is None else slide_key(slide_id) + "."
-    for p in partial.iterdir():
-        if prefix is None or p.name.startswith(prefix):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in leftover_partials(set_dir, slide_id):
+        try:
+            remove_tree(p, Path(set_dir) / PARTIAL_DIR)
             n += 1
+        except OSError:
+            pass
     return n

@@ -125,8 +125,9 @@ def bag_index(conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str])
                     str(info.dtype), info.zarr_path, info.name)
 
 
-def read_bags(store: Store, index: BagIndex, dtype=np.float32) -> list[Bag]:
-    """Every bag of the index, read now (as `dtype`); no catalog connection is needed."""
+def read_bags(store: Store, info: EmbeddingSetInfo, index: BagIndex, dtype=np.float32) -> list[Bag]:
+    """Every bag of the index (made from `info`), read now (as `dtype`): the zarr half of
+    load_bags, no catalog connection held."""
     read = index.reader(store)
     return [Bag(sid, read(i).astype(dtype, copy=False), index.tile_ids[i])
             for i, sid in enumerate(index.slide_ids)]
@@ -137,4 +138,4 @@ def load_bags(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, slide_i
     """Bags for the slides, in the given order, every feature read now (as `dtype`). Raises
     MissingStep naming slides without arrays. Reads the arrays while `conn` is open: long jobs
     use bag_index + a reader instead."""
-    return read_bags(store, bag_index(conn, info, slide_ids), dtype)
+    return read_bags(store, info, bag_index(conn, info, slide_ids), dtype)

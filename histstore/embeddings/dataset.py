@@ -5,6 +5,12 @@ their pixels with OpenSlide at the tiling's read level and size, resampled to th
 each worker process keeps its own open slide handles. `TileCollate` stacks a batch into a uint8
 tensor [B, H, W, 3] and applies Macenko stain normalisation there, so with DataLoader workers
 the reading and normalising overlap with the model.
+
+`tile_batches` is what embedding iterates: with worker processes (GPU machines: many cores) a
+DataLoader as above; without, `ThreadedTileBatches`, which reads in this process on one
+background thread (OpenSlide decodes with the GIL released) and normalises on the caller's
+thread: no batch is pickled across processes and no second process competes with the model's
+OpenMP team, which matters on a CPU with few cores (benchmarks/bench_embed.py times both).
 """
 from __future__ import annotations
 
@@ -110,6 +116,15 @@ class TileDataset(torch.utils.data.Dataset):
             raise SlideReadError(f"cannot read tile {j} of {sl.slide_id} from {sl.path}: {exc}") from None
         return tile, int(i)
 
+    def read_into(self, out: np.ndarray, start: int) -> None:
+        """Tiles start, start+1, ... into out [n, tile, tile, 3] (no per-batch stacking)."""
+        for k in range(out.shape[0]):
+            out[k] = self[start + k][0]
+
+    def close(self) -> None:
+        while self._readers:
+            self._readers.popitem()[1].close()
+
     def __getstate__(self):  # readers are per process: never pickle open handles
         state = dict(self.__dict__)
         state["_readers"] = OrderedDict()
@@ -148,13 +163,33 @@ def _worker_init(_):
 
 def tile_loader(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
                 shuffle: bool = False, pin_memory: bool = False, seed: int = 0,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
+                drop_last: bool = False, slide_aligned: bool = False) -> torch.utils.data.DataLoader:
+    """slide_aligned: batches in dataset order that never cross a slide (slide_batches)."""
     gen = torch.Generator()
     gen.manual_seed(seed)
+    if slide_aligned:
+        batch_sampler = [list(range(a, b)) for a, b in slide_batches(dataset.offsets, batch_size)]
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                                           collate_fn=TileCollate(stain_norm), pin_memory=pin_memory,
+                                           **worker_options(workers))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                        num_workers=workers, collate_fn=TileCollate(stain_norm),
                                        pin_memory=pin_memory, generator=gen, drop_last=drop_last,
                                        **worker_options(workers))
+
+
+def slide_batches(offsets: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of at most batch_size tiles, in order, never crossing a slide.
+
+    Why: a convolution's floating-point result can depend on the other images in its batch
+    (kernel choice varies with batch size), so a slide's embedding would depend on which
+    slides shared its run; aligned batches make a resumed embed write the same bytes as an
+    uninterrupted one (tests/faults/test_crash_resume.py). Costs one partial batch per slide.
+    """
+    out = []
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        out.extend((start, min(start + batch_size, b)) for start in range(a, b, batch_size))
+    return out
 
 
 def worker_options(workers: int, persistent: bool = True) -> dict:
@@ -172,3 +207,96 @@ def worker_options(workers: int, persistent: bool = True) -> dict:
     ctx = "fork" if "fork" in mp.get_all_start_methods() else None
     return dict(multiprocessing_context=ctx, persistent_workers=persistent, prefetch_factor=4,
                 worker_init_fn=_worker_init)
+
+
+class ThreadedTileBatches:
+    """Batches of consecutive tiles in dataset order, never crossing a slide (slide_batches)
+    -> (uint8 tensor [B, H, W, 3], int64 indices [B]), read in this process by one background thread while the caller computes.
+
+    The reading thread runs at a lower priority (like the niced worker processes: when cores
+    are scarce the model's OpenMP team keeps them and reading fills the gaps) and stays at most
+    `prefetch` batches ahead. Macenko runs on the caller's thread, with torch's threads, just
+    before the batch is handed over. A reading error is raised in the caller; leaving the loop
+    early stops the thread.
+    """
+
+    def __init__(self, dataset: TileDataset, batch_size: int, stain_norm: str = "none",
+                 prefetch: int = 2, nice: int = 10):
+        if stain_norm not in ("none", "macenko"):
+            raise ValueError(f"stain_norm must be none or macenko, not {stain_norm!r}")
+        self.dataset, self.batch_size, self.stain_norm = dataset, int(batch_size), stain_norm
+        self.prefetch, self.nice = max(1, int(prefetch)), nice
+
+    def __len__(self) -> int:
+        return len(slide_batches(self.dataset.offsets, self.batch_size))
+
+    def _produce(self, q, stop) -> None:
+        import os
+        import queue
+        import threading
+
+        if self.nice:
+            try:  # Linux: a thread's priority is its own
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (AttributeError, OSError):
+                pass
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for start, end in slide_batches(self.dataset.offsets, self.batch_size):
+                n = end - start
+                size = int(self.dataset.slides[self.dataset.locate(start)[0]].read_spec["tile_size"])
+                tiles = np.empty((n, size, size, 3), np.uint8)
+                self.dataset.read_into(tiles, start)
+                if not put((tiles, start)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the caller
+            put(exc)
+        finally:
+            self.dataset.close()
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(q, stop), name="histstore-tile-reader",
+                                  daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                tiles, start = item
+                tiles = torch.from_numpy(tiles)
+                if self.stain_norm == "macenko":
+                    from histstore.embeddings.stain import macenko_normalize
+
+                    tiles = macenko_normalize(tiles)
+                yield tiles, torch.arange(start, start + len(tiles), dtype=torch.int64)
+        finally:
+            stop.set()
+            thread.join()
+
+
+def tile_batches(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
+                 pin_memory: bool = False):
+    """Batches of consecutive tiles of one slide each, for embedding: (uint8 [B, H, W, 3],
+    int64 indices [B]). workers > 0: a DataLoader with that many reading processes; 0:
+    ThreadedTileBatches."""
+    if workers > 0:
+        return tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=pin_memory, slide_aligned=True)
+    return ThreadedTileBatches(dataset, batch_size, stain_norm)

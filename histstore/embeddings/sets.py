@@ -2,7 +2,6 @@
 slide arrays, and resolve a set from a user's reference (name or id). No torch here."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 
 from histstore.catalog.bulk import query_arrow, query_numpy
 from histstore.errors import InvalidInput, NotFound
+from histstore.ids import check_id, path_component
 from histstore.keys import settings_key
 from histstore.provenance import code_version
 from histstore.store import EMBEDDINGS_DIR, Store
@@ -49,10 +49,6 @@ def _row_to_info(row) -> EmbeddingSetInfo:
     return EmbeddingSetInfo(*vals)
 
 
-def slugify(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-") or "set"
-
-
 def find_set_by_key(conn: sa.Connection, key: str) -> EmbeddingSetInfo | None:
     row = conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM embedding_sets WHERE settings_key = ?",
                                (key,)).first()
@@ -69,11 +65,16 @@ def get_or_create_set(conn: sa.Connection, *, name: str, kind: str, settings: di
     found = find_set_by_key(conn, key)
     if found is not None:
         return found, False
+    check_id(name, "embedding set name")
     taken = conn.exec_driver_sql("SELECT count(*) FROM embedding_sets WHERE name = ?", (name,)).scalar()
     if taken:
         raise InvalidInput(f"embedding set {name!r} exists with other settings",
                            hint="choose another --name; sets are never overwritten")
-    zarr_path = f"{EMBEDDINGS_DIR}/{slugify(name)}"
+    zarr_path = f"{EMBEDDINGS_DIR}/{path_component(name)}"
+    clash = conn.exec_driver_sql("SELECT name FROM embedding_sets WHERE zarr_path = ?", (zarr_path,)).first()
+    if clash is not None:  # a set of an older store named so that its folder is the same
+        raise InvalidInput(f"embedding set {name!r} would share its folder {zarr_path} with set "
+                           f"{clash[0]!r}", hint="choose another --name")
     import json
 
     conn.exec_driver_sql(

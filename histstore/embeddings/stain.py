@@ -53,9 +53,15 @@ def macenko_normalize(
 
     min_tissue_fraction / min_tissue_pixels: below either, the tile is returned unchanged.
     max_fit_pixels: stain estimation uses at most this many pixels per tile (a fixed regular
-    subsample; a 128x128 tile uses every 4th pixel: 3x faster than all 16,384, normalised
-    tiles differ by < 1/255 on average, measured); every pixel is re-rendered.
+    subsample; a 128x128 tile uses about every 4th pixel; speed: benchmarks/bench_encoders.py,
+    difference from a fit on every pixel: tests/encoders/test_macenko.py); every pixel is
+    re-rendered.
     With return_mask, returns (out, normalised [B] bool).
+
+    Speed without changing a value (tests/encoders/test_macenko.py compares every output with
+    the plain formulation): optical densities come from a 256-entry table of the same float32
+    expression, percentiles from the few extreme values (topk) instead of full sorts, and the
+    re-rendering runs in place.
     """
     if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
         raise ValueError(f"expected uint8 tiles [B, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
@@ -64,7 +70,7 @@ def macenko_normalize(
         return (tiles.clone(), torch.zeros(0, dtype=torch.bool, device=tiles.device)) if return_mask else tiles.clone()
     dev = tiles.device
     n = h * w
-    od = -torch.log((tiles.reshape(b, n, 3).float() + 1.0) / Io)  # [B, N, 3]
+    od = _optical_density(tiles.reshape(b, n, 3), Io)  # [B, N, 3]
 
     fit = od if n <= max_fit_pixels else od[:, torch.linspace(0, n - 1, max_fit_pixels, device=dev).long()]
     m = fit.shape[1]
@@ -84,13 +90,16 @@ def macenko_normalize(
     v1, v2 = evecs[..., 2], evecs[..., 1]  # largest, second
     v1 = v1 * torch.where(v1.sum(-1, keepdim=True) < 0, -1.0, 1.0)  # tissue projects positively
 
-    # angle of each tissue pixel in the (v1, v2) plane; robust extremes by percentiles
+    # angle of each tissue pixel in the (v1, v2) plane; robust extremes by percentiles, which
+    # need only the k smallest / largest angles (k covers the alpha-th percentile of m pixels)
     t1 = (fit * v1.unsqueeze(1)).sum(-1)
     t2 = (fit * v2.unsqueeze(1)).sum(-1)
-    phi = torch.atan2(t2, t1).masked_fill(~mask, float("inf"))
-    phi_sorted, _ = phi.sort(dim=1)
-    lo = _masked_percentile(phi_sorted, cnt, alpha / 100.0)
-    hi = _masked_percentile(phi_sorted, cnt, 1.0 - alpha / 100.0)
+    phi = torch.atan2(t2, t1)
+    k = min(m, int(alpha / 100.0 * (m - 1)) + 3)
+    lowest = phi.masked_fill(~mask, float("inf")).topk(k, dim=1, largest=False).values
+    highest = phi.masked_fill(~mask, float("-inf")).topk(k, dim=1).values
+    lo = _masked_percentile(lowest, cnt, alpha / 100.0)
+    hi = _masked_percentile(highest, cnt, 1.0 - alpha / 100.0, descending=True)
     v_min = torch.cos(lo).unsqueeze(-1) * v1 + torch.sin(lo).unsqueeze(-1) * v2
     v_max = torch.cos(hi).unsqueeze(-1) * v1 + torch.sin(hi).unsqueeze(-1) * v2
     h_first = (v_min[:, 0] > v_max[:, 0]).unsqueeze(-1)
@@ -108,30 +117,58 @@ def macenko_normalize(
     valid &= (max_c > 1e-2).all(dim=-1)
     scale = MAX_C_REF.to(dev) / max_c.clamp_min(1e-2)  # [B, 2]
 
-    conc = (proj @ od.transpose(1, 2)) * scale.unsqueeze(-1)  # [B, 2, N]
-    out = Io * torch.exp(-(HE_REF.to(dev) @ conc))  # [B, 3, N]
-    out = out.clamp(0, 255).round().transpose(1, 2).reshape(b, h, w, 3)
-    valid &= torch.isfinite(out).flatten(1).all(dim=1)
-    out = torch.where(valid.view(b, 1, 1, 1), torch.nan_to_num(out).to(torch.uint8), tiles)
-    return (out, valid) if return_mask else out
+    conc = (proj @ od.transpose(1, 2)).mul_(scale.unsqueeze(-1))  # [B, 2, N]
+    # Io * exp(-(HE_REF @ C)); negating the matrix instead of the product is exact
+    out = torch.matmul(-HE_REF.to(dev), conc).exp_().mul_(Io).clamp_(0, 255).round_()  # [B, 3, N]
+    # clamped values are finite unless NaN, so a tile's sum is NaN exactly when one value is
+    valid &= ~torch.isnan(out.sum(dim=(1, 2)))
+    res = torch.empty((b, n, 3), dtype=torch.uint8, device=dev)
+    res.copy_(out.transpose(1, 2))  # one pass: transpose + uint8 (NaN tiles are replaced below)
+    res = res.view(b, h, w, 3)
+    if not bool(valid.all()):
+        res[~valid] = tiles[~valid]
+    return (res, valid) if return_mask else res
 
 
-def _masked_percentile(sorted_vals: torch.Tensor, cnt: torch.Tensor, q: float) -> torch.Tensor:
-    """Linear-interpolated q-quantile of the first cnt[b] entries of each sorted row."""
-    pos = q * (cnt.clamp_min(1) - 1).float()
+_OD_TABLES: dict = {}
+
+
+def _optical_density(pixels: torch.Tensor, Io: float) -> torch.Tensor:
+    """-ln((I + 1) / Io) of uint8 pixels, looked up in a table of the same float32 expression
+    (bit-identical to computing it per pixel, a fraction of the work)."""
+    key = (float(Io), pixels.device)
+    table = _OD_TABLES.get(key)
+    if table is None:
+        table = _OD_TABLES[key] = -torch.log((torch.arange(256, dtype=torch.float32, device=pixels.device) + 1.0) / Io)
+    return table.index_select(0, pixels.reshape(-1).int()).view(pixels.shape)
+
+
+def _masked_percentile(extreme: torch.Tensor, cnt: torch.Tensor, q: float, descending: bool = False) -> torch.Tensor:
+    """Linear-interpolated q-quantile of each row's cnt[b] finite values, given the row's k
+    smallest values in ascending order (or, with descending, its k largest in descending
+    order) with non-finite padding after them; k must reach the two ranks that are read."""
+    last = cnt.clamp_min(1) - 1
+    pos = q * last.float()
     i0 = pos.floor().long()
-    i1 = torch.minimum(i0 + 1, (cnt.clamp_min(1) - 1))
-    v0 = sorted_vals.gather(1, i0.unsqueeze(1)).squeeze(1)
-    v1 = sorted_vals.gather(1, i1.unsqueeze(1)).squeeze(1)
+    i1 = torch.minimum(i0 + 1, last)
+    if descending:  # ascending rank r is position last - r from the top
+        j0, j1 = (last - i0).clamp(0, extreme.shape[1] - 1), (last - i1).clamp(0, extreme.shape[1] - 1)
+    else:
+        j0, j1 = i0.clamp(max=extreme.shape[1] - 1), i1.clamp(max=extreme.shape[1] - 1)
+    v0 = extreme.gather(1, j0.unsqueeze(1)).squeeze(1)
+    v1 = extreme.gather(1, j1.unsqueeze(1)).squeeze(1)
     v0 = torch.where(torch.isfinite(v0), v0, torch.zeros_like(v0))
     v1 = torch.where(torch.isfinite(v1), v1, v0)
     return v0 + (v1 - v0) * (pos - i0.float())
 
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    """q-quantile along the last dim, linear interpolation (no torch.quantile size limit)."""
-    s, _ = x.sort(dim=-1)
-    pos = q * (x.shape[-1] - 1)
+    """q-quantile along the last dim, linear interpolation (no torch.quantile size limit);
+    reads only the values above rank q (topk), which is what a full sort would give there."""
+    size = x.shape[-1]
+    pos = q * (size - 1)
     i0 = int(pos)
-    i1 = min(i0 + 1, x.shape[-1] - 1)
-    return s[..., i0] + (s[..., i1] - s[..., i0]) * (pos - i0)
+    i1 = min(i0 + 1, size - 1)
+    top = x.topk(size - i0, dim=-1).values  # descending: ascending rank r is at size - 1 - r
+    s0, s1 = top[..., size - 1 - i0], top[..., size - 1 - i1]
+    return s0 + (s1 - s0) * (pos - i0)

@@ -13,7 +13,10 @@ independent randomness per sample:
 - colour jitter factors and the order of the four ops are drawn per sample; the formulas are
   torchvision's (brightness/contrast/saturation blends, hue shift in HSV).
 - blur: per-sample separable Gaussian kernels applied with one grouped convolution.
-Random numbers come from a CPU `torch.Generator` (pass one for reproducibility).
+Random numbers come from a CPU `torch.Generator` (pass one for reproducibility). `draw` makes
+a view's random choices and `apply` applies them: data-parallel training draws for the whole
+global batch on every rank and applies each rank's rows (`rows=` of `augmented_view`), so a
+sample is augmented the same way whatever the number of ranks.
 
 Input x: float [B, 3, H, W] in [0, 1]. Output: float [B, 3, S, S] in [0, 1] (S = out_size or H).
 `two_views` turns uint8 tiles [B, H, W, 3] into two ImageNet-normalised channels_last views.
@@ -68,52 +71,112 @@ class AugmentConfig:
             raise ValueError("out_size must be > 0")
 
 
+@dataclass
+class AugmentDraw:
+    """The random choices of one augmented view for `n` samples (CPU tensors, sample-first).
+
+    Drawn for a whole global batch, so that every rank of a data-parallel run draws the same
+    numbers and takes its own rows (`rows`): a sample's augmentation is then the same whatever
+    the number of ranks, and the ranks' augmentations are independent of each other."""
+
+    area: torch.Tensor
+    log_ratio: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    hflip: torch.Tensor | None
+    vflip: torch.Tensor | None
+    rot_k: torch.Tensor | None
+    jitter: torch.Tensor | None          # [n] bool: jitter applied
+    jitter_factors: torch.Tensor | None  # [n, 4]: brightness, contrast, saturation, hue
+    jitter_order: torch.Tensor | None    # [n, 4]: op at position p
+    gray: torch.Tensor | None            # [n] bool
+    blur: torch.Tensor | None            # [n] bool
+    blur_sigma: torch.Tensor | None      # [n]
+
+    def __len__(self) -> int:
+        return int(self.area.shape[0])
+
+    def rows(self, start: int, stop: int) -> "AugmentDraw":
+        """The draws of samples [start, stop)."""
+        def cut(t):
+            return None if t is None else t[start:stop]
+        return AugmentDraw(**{f: cut(getattr(self, f)) for f in self.__dataclass_fields__})
+
+
 class BatchAugment:
-    """Callable: x float [B, 3, H, W] in [0, 1] -> augmented [B, 3, S, S] in [0, 1]."""
+    """Callable: x float [B, 3, H, W] in [0, 1] -> augmented [B, 3, S, S] in [0, 1].
+
+    `draw(n, generator)` makes the random choices, `apply(x, draw)` applies them; calling the
+    object does both (the same numbers in the same order)."""
 
     def __init__(self, config: AugmentConfig = AugmentConfig()):
         self.config = config
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise ValueError(f"expected float [B, 3, H, W], got {tuple(x.shape)} {x.dtype}")
-        c = self.config
-        x = self._geometry(x, generator)
-        b = x.shape[0]
+        _check_input(x)
+        return self.apply(x, self.draw(x.shape[0], generator))
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> AugmentDraw:
+        c, g = self.config, generator
+        area = _uniform(n, *c.crop_scale, g)
+        log_r = _uniform(n, math.log(c.crop_ratio[0]), math.log(c.crop_ratio[1]), g)
+        cx, cy = _rand(n, g), _rand(n, g)
+        hflip = _rand(n, g) < 0.5 if c.hflip else None
+        vflip = _rand(n, g) < 0.5 if c.vflip else None
+        rot_k = torch.randint(0, 4, (n,), generator=g) if c.rot90 else None
+        jitter = factors = order = None
         if c.jitter_p > 0:
-            x = self._jitter(x, _rand(b, generator) < c.jitter_p, generator)
-        if c.grayscale_p > 0:
-            idx = _where(_rand(b, generator) < c.grayscale_p, x.device)
+            jitter = _rand(n, g) < c.jitter_p
+            factors = torch.stack([
+                _uniform(n, max(0.0, 1 - c.brightness), 1 + c.brightness, g),
+                _uniform(n, max(0.0, 1 - c.contrast), 1 + c.contrast, g),
+                _uniform(n, max(0.0, 1 - c.saturation), 1 + c.saturation, g),
+                _uniform(n, -c.hue, c.hue, g),
+            ], dim=1)
+            order = torch.argsort(_rand((n, 4), g), dim=1)
+        gray = _rand(n, g) < c.grayscale_p if c.grayscale_p > 0 else None
+        blur = sigma = None
+        if c.blur_p > 0:
+            blur = _rand(n, g) < c.blur_p
+            sigma = _uniform(n, *c.blur_sigma, g)
+        return AugmentDraw(area, log_r, cx, cy, hflip, vflip, rot_k, jitter, factors, order, gray, blur, sigma)
+
+    def apply(self, x: torch.Tensor, d: AugmentDraw) -> torch.Tensor:
+        _check_input(x)
+        if len(d) != x.shape[0]:
+            raise ValueError(f"{len(d)} draws for {x.shape[0]} samples")
+        x = self._geometry(x, d)
+        if d.jitter is not None:
+            x = self._jitter(x, d)
+        if d.gray is not None:
+            idx = _where(d.gray, x.device)
             if idx.numel():
                 x[idx] = TF.rgb_to_grayscale(x[idx], num_output_channels=3)
-        if c.blur_p > 0:
-            x = self._blur(x, _rand(b, generator) < c.blur_p, generator)
+        if d.blur is not None:
+            x = self._blur(x, d)
         return x.clamp_(0.0, 1.0)
 
     # -- geometry: random resized crop, flips, rot90 as one affine grid per sample ----------
-    def _geometry(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _geometry(self, x: torch.Tensor, d: AugmentDraw) -> torch.Tensor:
         c = self.config
         b, _, h, w = x.shape
         s = c.out_size or h
-        area = _uniform(b, *c.crop_scale, g)
-        log_r = _uniform(b, math.log(c.crop_ratio[0]), math.log(c.crop_ratio[1]), g)
-        ratio = torch.exp(log_r)
+        ratio = torch.exp(d.log_ratio)
         # crop size as a fraction of the tile side (area fraction * aspect), clipped to fit
-        cw = torch.sqrt(area * ratio).clamp(max=1.0)
-        ch = torch.sqrt(area / ratio).clamp(max=1.0)
+        cw = torch.sqrt(d.area * ratio).clamp(max=1.0)
+        ch = torch.sqrt(d.area / ratio).clamp(max=1.0)
         # centre in normalised coords [-1, 1]: crop stays inside the tile
-        cx = (1 - cw) * (2 * _rand(b, g) - 1)
-        cy = (1 - ch) * (2 * _rand(b, g) - 1)
+        cx = (1 - cw) * (2 * d.cx - 1)
+        cy = (1 - ch) * (2 * d.cy - 1)
         # R: orthogonal 2x2 (flips and quarter turns) applied to the output grid first
         R = torch.eye(2).repeat(b, 1, 1)
-        if c.hflip:
-            R[:, 0, 0] = torch.where(_rand(b, g) < 0.5, -1.0, 1.0)
-        if c.vflip:
-            R[:, 1, 1] = torch.where(_rand(b, g) < 0.5, -1.0, 1.0)
-        if c.rot90:
-            k = torch.randint(0, 4, (b,), generator=g)
-            cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
-            sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+        if d.hflip is not None:
+            R[:, 0, 0] = torch.where(d.hflip, -1.0, 1.0)
+        if d.vflip is not None:
+            R[:, 1, 1] = torch.where(d.vflip, -1.0, 1.0)
+        if d.rot_k is not None:
+            cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[d.rot_k]
+            sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[d.rot_k]
             rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
             R = rot @ R
         theta = torch.zeros(b, 2, 3)
@@ -123,37 +186,28 @@ class BatchAugment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     # -- colour jitter, per-sample factors and per-sample order ---------------------------
-    def _jitter(self, x: torch.Tensor, apply: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, d: AugmentDraw) -> torch.Tensor:
         c = self.config
-        b = x.shape[0]
-        factors = [
-            _uniform(b, max(0.0, 1 - c.brightness), 1 + c.brightness, g),
-            _uniform(b, max(0.0, 1 - c.contrast), 1 + c.contrast, g),
-            _uniform(b, max(0.0, 1 - c.saturation), 1 + c.saturation, g),
-            _uniform(b, -c.hue, c.hue, g),
-        ]
         active = [c.brightness > 0, c.contrast > 0, c.saturation > 0, c.hue > 0]
-        order = torch.argsort(_rand((b, 4), g), dim=1)  # order[i, p] = op at position p
         ops = (_brightness, _contrast, _saturation, _hue)
         for p in range(4):
             for j, op in enumerate(ops):
                 if not active[j]:
                     continue
-                sel = apply & (order[:, p] == j)
+                sel = d.jitter & (d.jitter_order[:, p] == j)
                 idx = _where(sel, x.device)
                 if idx.numel():
-                    f = factors[j][sel].to(x.device, x.dtype).view(-1, 1, 1, 1)
+                    f = d.jitter_factors[sel, j].to(x.device, x.dtype).view(-1, 1, 1, 1)
                     x[idx] = op(x[idx], f)
         return x
 
     # -- Gaussian blur with per-sample sigma -----------------------------------------------
-    def _blur(self, x: torch.Tensor, apply: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        lo, hi = self.config.blur_sigma
-        sigma = _uniform(x.shape[0], lo, hi, g)
-        idx = _where(apply, x.device)
+    def _blur(self, x: torch.Tensor, d: AugmentDraw) -> torch.Tensor:
+        hi = self.config.blur_sigma[1]
+        idx = _where(d.blur, x.device)
         if not idx.numel():
             return x
-        sig = sigma[apply].to(x.device, x.dtype)
+        sig = d.blur_sigma[d.blur].to(x.device, x.dtype)
         n, (h, w) = idx.numel(), x.shape[2:]
         radius = min(math.ceil(3 * hi), (min(h, w) - 1) // 2)
         t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -164,6 +218,11 @@ class BatchAugment:
         y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(n * 3, 1, -1, 1), groups=n * 3)
         x[idx] = y.view(n, 3, h, w)
         return x
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"expected float [B, 3, H, W], got {tuple(x.shape)} {x.dtype}")
 
 
 def tiles_to_float(tiles: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
@@ -177,10 +236,24 @@ def tiles_to_float(tiles: torch.Tensor, device: torch.device | str | None = None
 
 
 def augmented_view(
-    x: torch.Tensor, augment: BatchAugment, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    augment: BatchAugment,
+    generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """float [B, 3, H, W] in [0, 1] -> one augmented, ImageNet-normalised channels_last view."""
-    return normalize(augment(x, generator)).contiguous(memory_format=torch.channels_last)
+    """float [B, 3, H, W] in [0, 1] -> one augmented, ImageNet-normalised channels_last view.
+
+    rows=(start, total): x holds rows [start, start + B) of a global batch of `total` samples
+    (one rank's share in data-parallel training): the draws are made for all `total` samples
+    and this share's are applied, so every rank consumes the generator identically."""
+    if rows is None:
+        d = augment.draw(x.shape[0], generator)
+    else:
+        start, total = rows
+        if not 0 <= start <= total - x.shape[0]:
+            raise ValueError(f"rows {start}..{start + x.shape[0]} are not inside a batch of {total}")
+        d = augment.draw(total, generator).rows(start, start + x.shape[0])
+    return normalize(augment.apply(x, d)).contiguous(memory_format=torch.channels_last)
 
 
 def two_views(
@@ -188,11 +261,12 @@ def two_views(
     augment: BatchAugment,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 tiles [B, H, W, 3] -> two independently augmented, ImageNet-normalised,
-    channels_last views [B, 3, S, S] on `device`."""
+    channels_last views [B, 3, S, S] on `device` (`rows` as in `augmented_view`)."""
     x = tiles_to_float(tiles, device)
-    return augmented_view(x, augment, generator), augmented_view(x, augment, generator)
+    return augmented_view(x, augment, generator, rows), augmented_view(x, augment, generator, rows)
 
 
 # -- vectorised colour ops (torchvision formulas, per-sample factor f: [n, 1, 1, 1]) ----------

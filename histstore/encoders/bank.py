@@ -7,19 +7,25 @@ read column-normalised (w_k = W_k / |W_k|). It is not an optimiser parameter: it
 closed form, once per step after the encoder step, by gradient ASCENT on the contrastive loss
 at its own temperature t_mem, reusing that step's queries q [N, dim] (L2-normalised).
 
-Row n of the logits is [q_n . k_j for the M non-bank columns (the in-batch keys), q_n . w_k
-for the K bank columns] / t_mem, target = the own key's column. With P = softmax of that row,
-restricted to the bank columns ([N, K]):
+Row n of the logits is [q_n . k for the M key columns (M = 1, its own key, as in the paper; or
+every key of the global batch in the official code's layout), q_n . w_k for the K bank columns]
+/ t_mem, target = the own key's column. With P = softmax of that row, restricted to the bank
+columns ([N, K]):
 
     g_k = -(1 / (t_mem |W_k|)) [ mean_n P_nk q_n - (mean_n P_nk (q_n . w_k)) w_k ]
     v  <- momentum * v + g + weight_decay * W          (momentum 0.9, wd 1e-4)
     W  <- W - lr * v                                   (lr 3 for ImageNet, 0.3 in HistCode)
 
 g is minus the gradient of the mean cross-entropy with respect to W, so the step raises the
-loss: the negatives move towards the queries they are confused with. The softmax runs in fp32
+loss: the negatives move towards the queries they are confused with. In data-parallel
+training each rank computes g from its own queries and g is averaged over ranks before the
+update (as the official code's all_reduce(g) / world_size): with equal shares that is g of all
+the global batch's queries, so the bank stays identical on every rank. The softmax runs in fp32
 (fp64 stays fp64) with autocast disabled, because P at t_mem = 0.02 is very peaked.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +102,7 @@ def bank_loss(
 class AdversarialBank(nn.Module):
     """K adversarial negatives of dimension `dim` (buffers W [dim, K] and velocity v [dim, K]).
 
-    size: K (HistCode: about a fifth of all tiles, 318,193; AdCo ImageNet: 65,536).
+    size: K (HistCode: 318,193; AdCo ImageNet: 65,536).
     t_mem: bank temperature (0.02); lr: bank learning rate (0.3 in HistCode);
     momentum: 0.9; weight_decay: 1e-4.
     Before training, fill the bank with key embeddings (`init_from_keys`, repeated over batches
@@ -157,15 +163,22 @@ class AdversarialBank(nn.Module):
 
     @torch.no_grad()
     def step(
-        self, q: torch.Tensor, key_sims: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        key_sims: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        average: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One ascent step. q: [N, dim] unit queries of this step (detached);
-        key_sims: [N, M] raw similarities q_n . k_j of the non-bank columns; targets: [N]
-        positive column per row (default arange(N)).
+        key_sims: [N, M] raw similarities of the key columns; targets: [N] positive column per
+        row (default arange(N)); average: in-place mean over ranks of g (data parallel).
 
-        Returns {"bank_loss": CE at t_mem before the step, "bank_grad_norm": |g|} (0-dim).
+        Returns {"bank_loss": CE at t_mem before the step (this rank's rows),
+        "bank_grad_norm": |g|} (0-dim).
         """
         g, logits = _grad_and_logits(q.detach(), self.W, self.t_mem, key_sims.detach())
+        if average is not None:
+            g = average(g)
         if targets is None:
             targets = torch.arange(q.shape[0], device=q.device)
         loss = F.cross_entropy(logits, targets)
@@ -179,3 +192,19 @@ class AdversarialBank(nn.Module):
             f"dim={self.dim}, size={self.size}, t_mem={self.t_mem}, lr={self.lr}, "
             f"momentum={self.momentum}, weight_decay={self.weight_decay}"
         )
+
+
+def bank_step_bytes(size: int, dim: int, rows: int, key_columns: int = 1) -> int:
+    """Rough peak bytes a bank of `size` negatives needs during one training step: W, v and
+    their temporaries (about 6 [dim, K] fp32 arrays) plus the [rows, key_columns + K] logits of
+    the encoder loss and of the bank step with their softmax and gradients (about 8 at once).
+    rows: queries per step on this device (2 x batch when symmetric)."""
+    return 4 * (6 * dim * size + 8 * rows * (size + key_columns))
+
+
+def fit_bank_size(size: int, dim: int, rows: int, budget_bytes: int, key_columns: int = 1) -> int:
+    """The largest bank <= size whose `bank_step_bytes` fits in budget_bytes (at least 1)."""
+    if bank_step_bytes(size, dim, rows, key_columns) <= budget_bytes:
+        return size
+    per_column = 4 * (6 * dim + 8 * rows)
+    return max(1, min(size, (budget_bytes - 4 * 8 * rows * key_columns) // per_column))

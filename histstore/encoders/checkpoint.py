@@ -28,6 +28,7 @@ import torch
 from histstore.encoders.backbones import ARCHS, BACKBONE_FORMAT, backbone_from_checkpoint
 from histstore.encoders.backbones import CHECKPOINT_FORMAT as FORMAT
 from histstore.errors import InvalidInput
+from histstore.fsops import remove_file
 from histstore.hashing import sha256_file
 
 VERSION = 1
@@ -145,7 +146,7 @@ def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            remove_file(tmp, folder)  # histstore.fsops
         raise
 
 

@@ -12,7 +12,8 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """[B, in_dim] -> L2-normalised [B, out_dim] (normalised in fp32, also under autocast)."""
+    """[B, in_dim] -> L2-normalised [B, out_dim] (normalised in fp32, also under autocast;
+    fp64 stays fp64)."""
 
     def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128):
         super().__init__()
@@ -25,7 +26,8 @@ class ProjectionHead(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(h).float(), dim=1)
+        z = self.net(h)
+        return F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
 
 
 class ProjectedEncoder(nn.Module):

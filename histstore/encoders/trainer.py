@@ -9,6 +9,15 @@ the same learning rate an uninterrupted run would at that step.
 Data comes from `batches(epoch, skip)`: a callable returning an iterable of uint8 tile batches
 [B, H, W, 3] (torch tensors) for `epoch`, starting after its first `skip` batches (a sampler
 can skip without reading pixels). The loop calls it again with epoch + 1 when it is exhausted.
+
+Data parallel (`dp`, one process per GPU or CPU share, see `distributed`): each rank's
+`batches` yields its share of every global batch (rows rank * b.. of it, b = B / world) and
+runs the same loop; augmentations and shuffle-BN permutations are drawn for the whole global
+batch from one generator seeded alike on every rank (a sample is augmented the same way
+whatever the number of ranks), gradients and the bank's gradient are averaged over ranks,
+logged metrics are means over ranks, BN running statistics are averaged over ranks at each
+checkpoint, and only rank 0 writes checkpoints. A stop request (Ctrl-C, SIGTERM from the
+launcher) is agreed by all ranks at a step boundary, so they checkpoint the same step.
 """
 from __future__ import annotations
 
@@ -23,9 +32,11 @@ from typing import Any
 
 import torch
 
-from histstore.encoders.augment import AugmentConfig, BatchAugment, augmented_view, tiles_to_float, two_views
 from histstore.devices import resolve_amp, resolve_device
+from histstore.encoders.augment import AugmentConfig, BatchAugment, augmented_view, tiles_to_float, two_views
+from histstore.encoders.batchnorm import bn_buffers
 from histstore.encoders.checkpoint import as_dict, config_from_dict, load_checkpoint, save_checkpoint
+from histstore.encoders.distributed import SINGLE, DataParallel
 from histstore.encoders.schedule import CosineSchedule
 from histstore.errors import HiststoreError, InvalidInput
 
@@ -33,6 +44,7 @@ BatchFactory = Callable[[int, int], Iterable[torch.Tensor]]
 
 # train-config fields that may change on resume (they do not change the optimisation)
 _RESUME_FREE = {"amp", "channels_last", "checkpoint_every", "bank_init_max_batches"}
+_METRIC_ORDER = ("loss", "contrastive_acc", "bank_loss", "bank_grad_norm", "pos_sim", "bank_sim_max")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ def pretrain_loop(
     log_every: int = 10,
     on_log: Callable[[dict], None] | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    dp: DataParallel = SINGLE,
 ) -> list[dict]:
     """Pretrain `model` (AdCo or SimCLR) for `config.steps` steps; returns the logged records.
 
@@ -92,6 +105,8 @@ def pretrain_loop(
     The loss becoming non-finite raises HiststoreError (no checkpoint of the broken state).
     Seeds torch's global RNG with `config.seed` (the augmentations use their own generator);
     both RNG states are checkpointed, so a resumed run draws what the uninterrupted run would.
+    `dp`: this process's place in data-parallel training (module docstring); `device` is then
+    this rank's device. Records are the same on every rank; pass on_log on rank 0 only.
     """
     device = resolve_device(device)
     checkpoint_path = os.fspath(checkpoint_path)
@@ -106,7 +121,7 @@ def pretrain_loop(
         )
 
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed + 1)  # augmentation randomness (CPU)
+    gen = torch.Generator().manual_seed(config.seed + 1)  # augmentation and shuffle randomness (CPU)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -129,17 +144,22 @@ def pretrain_loop(
         _set_rng(ckpt.get("rng"), gen, device)
         extra = ckpt.get("extra") or {}
         state = {"step": int(ckpt["step"]), "epoch": int(extra.get("epoch", 0)), "skip": int(extra.get("skip", 0))}
+    if hasattr(model, "distribute"):
+        model.distribute(dp, device)
 
     def save() -> None:
-        save_checkpoint(
-            checkpoint_path, model, train_config=config, optimizer=optimizer, scheduler=schedule,
-            scaler=scaler, step=state["step"], rng=_get_rng(gen, device),
-            extra={"epoch": state["epoch"], "skip": state["skip"]},
-        )
+        for t in bn_buffers(model):  # every rank's running statistics count (collective)
+            dp.all_reduce_mean_(t)
+        if dp.is_main:
+            save_checkpoint(
+                checkpoint_path, model, train_config=config, optimizer=optimizer, scheduler=schedule,
+                scaler=scaler, step=state["step"], rng=_get_rng(gen, device),
+                extra={"epoch": state["epoch"], "skip": state["skip"]},
+            )
 
     model.train()
     if not resume and hasattr(model, "init_bank_step"):
-        _init_bank(model, batches, augment, device, gen, amp_dtype, config.bank_init_max_batches)
+        _init_bank(model, batches, augment, device, gen, amp_dtype, config.bank_init_max_batches, dp)
 
     history: list[dict] = []
     if state["step"] >= config.steps:
@@ -148,7 +168,9 @@ def pretrain_loop(
     window: dict[str, torch.Tensor] = {}
     n_window, imgs, t0 = 0, 0, time.perf_counter()
     data = iter(batches(state["epoch"], state["skip"]))
-    with _DeferredInterrupt() as interrupt:
+    distributed = dp.active
+    stopped = False
+    with _DeferredInterrupt(distributed) as interrupt:
         try:
             while state["step"] < config.steps:
                 tiles = _next_batch(data)
@@ -159,18 +181,19 @@ def pretrain_loop(
                     if tiles is None:
                         raise InvalidInput(f"no training batches in epoch {state['epoch']}")
                 lr = schedule.apply(state["step"])
-                x1, x2 = two_views(tiles, augment, device, gen)
-                out = model.training_step(x1, x2, optimizer, scaler=scaler, amp_dtype=amp_dtype)
+                b = tiles.shape[0]
+                x1, x2 = two_views(tiles, augment, device, gen, rows=(dp.rank * b, dp.world_size * b))
+                out = model.training_step(x1, x2, optimizer, scaler=scaler, amp_dtype=amp_dtype, generator=gen)
                 state["step"] += 1
                 state["skip"] += 1
-                imgs += tiles.shape[0]
+                imgs += b * dp.world_size
                 n_window += 1
                 for k, v in out.items():
                     window[k] = window.get(k, 0) + v.float()
                 step = state["step"]
                 if step % log_every == 0 or step == config.steps:
                     record = {"step": step, "epoch": state["epoch"], "lr": lr}
-                    record.update({k: float(v) / n_window for k, v in window.items()})
+                    record.update(_window_means(window, n_window, dp))
                     record["img_per_s"] = imgs / max(time.perf_counter() - t0, 1e-9)
                     if not math.isfinite(record["loss"]):
                         raise HiststoreError(
@@ -185,11 +208,14 @@ def pretrain_loop(
                     bar(step, config.steps)
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     save()
-                if interrupt.requested:
+                if dp.any(interrupt.requested):
+                    stopped = True
                     save()
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            if not interrupt.requested:  # raised mid-step: save what we have, then stop
+            # raised mid-step: save what we have, then stop (one process only: other ranks
+            # are not at a step boundary to take part in the checkpoint's collectives)
+            if not stopped and not distributed:
                 save()
             raise
         finally:
@@ -200,15 +226,27 @@ def pretrain_loop(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _window_means(window: dict[str, torch.Tensor], n: int, dp: DataParallel) -> dict[str, float]:
+    """Means over the logging window's steps and over ranks (one small all-reduce)."""
+    names = sorted(window, key=lambda k: (_METRIC_ORDER.index(k) if k in _METRIC_ORDER else 99, k))
+    if not names:
+        return {}
+    values = torch.stack([window[k].detach().float().reshape(()) for k in names]) / n
+    values = dp.all_reduce_mean_(values).cpu()
+    return {k: float(v) for k, v in zip(names, values)}
+
+
 @torch.no_grad()
-def _init_bank(model, batches, augment, device, gen, amp_dtype, max_batches) -> int:
+def _init_bank(model, batches, augment, device, gen, amp_dtype, max_batches, dp: DataParallel = SINGLE) -> int:
     """Fill the AdCo bank with key embeddings of augmented tiles (passes over the data until
-    the bank is full or `max_batches` batches were used). Returns the number of batches."""
+    the bank is full or `max_batches` batches were used); then rank 0's bank on every rank
+    (equal already: every rank fills it with the gathered keys). Returns the number of batches."""
     used, epoch = 0, 0
     while not model.bank.is_full and (max_batches is None or used < max_batches):
         got = 0
         for tiles in batches(epoch, 0):
-            x = augmented_view(tiles_to_float(tiles, device), augment, gen)
+            b = tiles.shape[0]
+            x = augmented_view(tiles_to_float(tiles, device), augment, gen, rows=(dp.rank * b, dp.world_size * b))
             model.init_bank_step(x, amp_dtype)
             used, got = used + 1, got + 1
             if model.bank.is_full or (max_batches is not None and used >= max_batches):
@@ -216,6 +254,7 @@ def _init_bank(model, batches, augment, device, gen, amp_dtype, max_batches) -> 
         if got == 0:
             raise InvalidInput("no batches to initialise the negative bank")
         epoch += 1
+    dp.broadcast_state(model.bank)
     return used
 
 
@@ -294,26 +333,34 @@ def _progress_bar(progress, initial: int, total: int):
 
 class _DeferredInterrupt:
     """In the main thread, turn the first SIGINT into a flag checked between steps (so the
-    checkpoint is taken at a step boundary); a second SIGINT interrupts at once."""
+    checkpoint is taken at a step boundary); a second SIGINT interrupts at once.
 
-    def __init__(self):
+    distributed: SIGINT and SIGTERM only ever set the flag. A launcher passes Ctrl-C on to its
+    workers (a second SIGINT right after the terminal's) and stops them with SIGTERM; the
+    ranks must reach the same step boundary to checkpoint together (the launcher kills them
+    if they take too long)."""
+
+    def __init__(self, distributed: bool = False):
         self.requested = False
-        self._old = None
+        self.distributed = distributed
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum, frame):
-        if self.requested:
+        if self.requested and not self.distributed:
             raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handler)
-            except ValueError:
-                self._old = None
+            signals = (signal.SIGINT, signal.SIGTERM) if self.distributed else (signal.SIGINT,)
+            for sig in signals:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handler)
+                except ValueError:
+                    pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False

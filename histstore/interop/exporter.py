@@ -9,8 +9,9 @@ patch is described at level 0 (patch_level 0, patch_size = size_l0), which is ex
 tiling; the tiling's own resolution is kept in `histstore_*` attributes on the file. Reading
 the files back with `histstore features import` gives identical arrays on the same tiles.
 
-Predictions and attention are written by DuckDB itself (`COPY (query) TO file`), streaming
-from the catalog, to a temporary name moved into place when complete.
+Predictions and attention are streamed from the catalog in Arrow record batches (the read
+connection is sandboxed: DuckDB itself may not write files) to a temporary name moved into
+place when complete. No export replaces an existing file unless asked (--force).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from histstore.catalog.runs import require_run
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import resolve_set
 from histstore.errors import InvalidInput, MissingStep
+from histstore.fsops import remove_file
 from histstore.progress import progress_bar
 from histstore.provenance import code_version
 from histstore.store import Store
@@ -92,7 +94,7 @@ def _write_h5(path: Path, features: np.ndarray, xy: np.ndarray, coords_attrs: di
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            tmp.unlink()
+            remove_file(tmp, path.parent)
 
 
 def export_features(store: Store, set_ref: str | int, directory: Path | str, fmt: str = "h5",
@@ -110,50 +112,52 @@ def export_features(store: Store, set_ref: str | int, directory: Path | str, fmt
         if not slides:
             raise MissingStep(f"embedding set {info.name!r} has no arrays"
                               + (f" for cohort {cohort!r}" if cohort else ""))
-        targets = {s["slide_id"]: directory / f"{arrays.slide_key(s['slide_id'])}.h5" for s in slides}
-        clash = [p.name for p in targets.values() if p.exists()]
-        if clash and not overwrite:
-            shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
-            raise InvalidInput(f"{len(clash)} files exist in {directory}: {shown}",
-                               hint="pass --overwrite or choose an empty folder")
         encoder = None
         if info.encoder_id is not None:
             encoder = conn.exec_driver_sql("SELECT name FROM encoders WHERE encoder_id = ?",
                                            (info.encoder_id,)).scalar()
-        directory.mkdir(parents=True, exist_ok=True)
-        set_dir = info.directory(store)
-        report = FeatureExport(info.name, directory)
-        version = code_version()
-        bar = progress_bar(total=len(slides), desc="export", unit="slide", disable=not show_progress)
-        for s in slides:
-            sid = s["slide_id"]
+    targets = {s["slide_id"]: directory / f"{arrays.slide_key(s['slide_id'])}.h5" for s in slides}
+    clash = [p.name for p in targets.values() if p.exists()]
+    if clash and not overwrite:
+        shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+        raise InvalidInput(f"{len(clash)} files exist in {directory}: {shown}",
+                           hint="pass --force or choose an empty folder")
+    # the catalog is read per slide (short reads), never held while files are written
+    directory.mkdir(parents=True, exist_ok=True)
+    set_dir = info.directory(store)
+    report = FeatureExport(info.name, directory)
+    version = code_version()
+    bar = progress_bar(total=len(slides), desc="export", unit="slide", disable=not show_progress)
+    for s in slides:
+        sid = s["slide_id"]
+        with store.read() as conn:
             tiles = query_numpy(conn, "SELECT idx, x, y FROM tiles WHERE tiling_id = $1 ORDER BY idx",
                                 [s["tiling_id"]])
-            feats = arrays.read_array(set_dir, sid)
-            if feats.shape[0] != len(tiles["idx"]) or not np.array_equal(tiles["idx"], np.arange(len(tiles["idx"]))):
-                raise InvalidInput(f"array of {sid} has {feats.shape[0]} rows but its tiling has "
-                                   f"{len(tiles['idx'])} tiles: the store is inconsistent")
-            xy = np.stack([tiles["x"], tiles["y"]], axis=1).astype(np.int64)
-            size_l0 = int(s["size_l0"])
-            coords_attrs = {"patch_size": size_l0, "patch_level": 0, "downsample": np.array([1.0, 1.0]),
-                            "patch_size_level0": size_l0, "name": sid}
-            file_attrs = {k: v for k, v in {
-                "histstore_version": version, "histstore_embedding_set": info.name,
-                "histstore_embedding_set_id": int(info.embedding_set_id),
-                "histstore_set_kind": info.kind, "histstore_encoder": encoder,
-                "histstore_slide_id": sid, "histstore_case_id": s["case_id"],
-                "histstore_tiling_id": int(s["tiling_id"]), "histstore_tiling_kind": s["kind"],
-                "histstore_tiling_key": s["settings_key"], "histstore_size_l0": size_l0,
-                "histstore_tile_size": s["tile_size"], "histstore_target_mpp": s["target_mpp"],
-                "histstore_read_level": s["read_level"], "histstore_read_size": s["read_size"],
-                "histstore_checksum": s["checksum"], "histstore_dtype": info.dtype,
-            }.items() if v is not None}
-            _write_h5(targets[sid], feats, xy, coords_attrs, file_attrs,
-                      {"name": sid, "encoder": encoder or info.name})
-            report.files.append(targets[sid])
-            report.n_rows += feats.shape[0]
-            bar.update(1)
-        bar.close()
+        feats = arrays.read_array(set_dir, sid)
+        if feats.shape[0] != len(tiles["idx"]) or not np.array_equal(tiles["idx"], np.arange(len(tiles["idx"]))):
+            raise InvalidInput(f"array of {sid} has {feats.shape[0]} rows but its tiling has "
+                               f"{len(tiles['idx'])} tiles: the store is inconsistent")
+        xy = np.stack([tiles["x"], tiles["y"]], axis=1).astype(np.int64)
+        size_l0 = int(s["size_l0"])
+        coords_attrs = {"patch_size": size_l0, "patch_level": 0, "downsample": np.array([1.0, 1.0]),
+                        "patch_size_level0": size_l0, "name": sid}
+        file_attrs = {k: v for k, v in {
+            "histstore_version": version, "histstore_embedding_set": info.name,
+            "histstore_embedding_set_id": int(info.embedding_set_id),
+            "histstore_set_kind": info.kind, "histstore_encoder": encoder,
+            "histstore_slide_id": sid, "histstore_case_id": s["case_id"],
+            "histstore_tiling_id": int(s["tiling_id"]), "histstore_tiling_kind": s["kind"],
+            "histstore_tiling_key": s["settings_key"], "histstore_size_l0": size_l0,
+            "histstore_tile_size": s["tile_size"], "histstore_target_mpp": s["target_mpp"],
+            "histstore_read_level": s["read_level"], "histstore_read_size": s["read_size"],
+            "histstore_checksum": s["checksum"], "histstore_dtype": info.dtype,
+        }.items() if v is not None}
+        _write_h5(targets[sid], feats, xy, coords_attrs, file_attrs,
+                  {"name": sid, "encoder": encoder or info.name})
+        report.files.append(targets[sid])
+        report.n_rows += feats.shape[0]
+        bar.update(1)
+    bar.close()
     return report
 
 
@@ -205,26 +209,43 @@ def attention_sql(run_set: str) -> str:
 
 
 def _copy(conn: sa.Connection, sql: str, path: Path, fmt: str) -> int:
-    """COPY (sql) TO path, via a temporary file renamed into place (works on a read-only
-    connection: COPY TO writes a file, not the catalog)."""
+    """Stream the query's rows into `path` in Arrow record batches, via a temporary file
+    renamed into place."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    quoted = str(tmp).replace("'", "''")
     raw = duckdb_connection(conn)
+    n_rows = 0
     try:
-        n_rows = raw.execute(f"COPY ({sql}) TO '{quoted}' ({options})").fetchone()[0]
+        import warnings
+
+        with warnings.catch_warnings():  # DuckDB notes the DB-API path copies once more
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+            reader = raw.execute(sql).to_arrow_reader(65536)
+        writer = (pq.ParquetWriter(tmp, reader.schema, compression="zstd") if fmt == "parquet"
+                  else pacsv.CSVWriter(tmp, reader.schema))
+        try:
+            for batch in reader:
+                writer.write_batch(batch)
+                n_rows += batch.num_rows
+        finally:
+            writer.close()
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            tmp.unlink()
-    return int(n_rows)
+            remove_file(tmp, path.parent)
+    return n_rows
 
 
-def _export_run_table(store: Store, run_ref, path: Path | str, fmt: str | None, what: str) -> TableExport:
+def _export_run_table(store: Store, run_ref, path: Path | str, fmt: str | None, what: str,
+                      overwrite: bool = False) -> TableExport:
     path = Path(path)
     fmt = table_format(path, fmt)
+    if path.exists() and not overwrite:
+        raise InvalidInput(f"{path} exists; not overwritten", hint="pass --force to replace it")
     with store.read() as conn:
         run = require_run(conn, run_ref)
         run_set = _run_ids(run)
@@ -239,14 +260,16 @@ def _export_run_table(store: Store, run_ref, path: Path | str, fmt: str | None, 
     return TableExport(path, fmt, n_rows)
 
 
-def export_predictions(store: Store, run: int | str, path: Path | str, fmt: str | None = None) -> TableExport:
+def export_predictions(store: Store, run: int | str, path: Path | str, fmt: str | None = None,
+                       overwrite: bool = False) -> TableExport:
     """A run's slide predictions (every fold, val and test) as Parquet or CSV; columns
     PREDICTION_COLUMNS. A multi-gene parent run exports its gene runs (column `task`)."""
-    return _export_run_table(store, run, path, fmt, "predictions")
+    return _export_run_table(store, run, path, fmt, "predictions", overwrite)
 
 
-def export_attention(store: Store, run: int | str, path: Path | str, fmt: str | None = None) -> TableExport:
+def export_attention(store: Store, run: int | str, path: Path | str, fmt: str | None = None,
+                     overwrite: bool = False) -> TableExport:
     """A run's test-tile attention with tile coordinates (level-0 pixels) as Parquet or CSV;
     columns ATTENTION_COLUMNS (`score_norm` = min-max within the slide, `rank_in_slide` 1 = top)."""
-    return _export_run_table(store, run, path, fmt, "attention")
+    return _export_run_table(store, run, path, fmt, "attention", overwrite)
 

@@ -13,6 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from histstore.errors import InvalidInput
+from histstore.ids import check_id, refuse_bad_ids
 from histstore.interop import formats
 from histstore.interop.formats import FileProblem
 
@@ -21,6 +22,8 @@ from histstore.interop.formats import FileProblem
 class PlannedFile:
     path: Path
     slide_id: str
+    case_id: str | None = None         # from the mapping file's case_id column
+    case_id_source: str | None = None  # for slides registered without pixels
 
 
 def plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[PlannedFile], int]:
@@ -30,7 +33,8 @@ def plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[Pl
     if mapping is None:
         if not files:
             raise InvalidInput(f"no .{fmt} feature files in {directory}")
-        planned = [PlannedFile(p, formats.file_stem(p)) for p in files]
+        planned = [PlannedFile(p, check_id(formats.file_stem(p), "slide id (from the file name)", str(p)))
+                   for p in files]
         ignored = 0
     else:
         df = read_table(mapping, required=["file", "slide_id"], what="mapping file")
@@ -49,10 +53,14 @@ def plan_files(directory: Path, fmt: str, mapping: Path | None) -> tuple[list[Pl
         refuse_rows(mapping, np.array([f is None for f in found]),
                     f"name a file that is not a .{fmt} file in {directory}")
         refuse_rows(mapping, df["slide_id"] == "", "have an empty slide_id")
+        refuse_bad_ids(mapping, df["slide_id"], "slide_id")
+        if "case_id" in df.columns:
+            refuse_bad_ids(mapping, [c or "ok" for c in df["case_id"]], "case_id")
         refuse_rows(mapping, df["slide_id"].duplicated(keep=False).to_numpy(), "repeat a slide_id")
         refuse_rows(mapping, pd.Series([str(f) for f in found]).duplicated(keep=False).to_numpy(),
                     "repeat a file")
-        planned = [PlannedFile(p, s) for p, s in zip(found, df["slide_id"])]
+        cases = df["case_id"] if "case_id" in df.columns else [""] * len(df)
+        planned = [PlannedFile(p, s, c or None) for p, s, c in zip(found, df["slide_id"], cases)]
         ignored = len(set(files) - set(found))
     seen: dict[str, Path] = {}
     for p in planned:

@@ -6,7 +6,9 @@ tile size in level-0 pixels, align rows to a tiling, write the zarr array under 
 name and move it into place, then register - slide (with --register-slides), tiling + tiles
 (when new), the array row and cohort membership - in ONE transaction. A bad file is reported
 in one line and the others are imported; nothing is left half-registered. Re-running skips
-slides whose array is already registered in the set.
+slides whose array is already registered in the set. The catalog is held only for those short
+commits (and a short read at the start); each commit re-checks that no other process
+registered the slide in the set meanwhile.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from histstore.barcodes import assign_cases, check_case_id_mode
 from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, resolve_set, set_status)
 from histstore.errors import InvalidInput
+from histstore.faults import fault_point
+from histstore.ids import check_id
 from histstore.interop import checks, formats
 from histstore.interop.feature_writer import write_features
 from histstore.interop.formats import FileProblem
@@ -30,7 +35,7 @@ from histstore.interop.import_plan import (PlannedFile, choose_dim_dtype, known_
 from histstore.interop.tile_matching import (insert_imported_tiling, level_downsamples, match_tiling,
                                              register_slide_without_pixels)
 from histstore.progress import progress_bar
-from histstore.store import Store, transaction
+from histstore.store import Store
 
 DTYPES = ("auto", "float16", "float32")
 
@@ -91,7 +96,7 @@ class ImportReport:
         return text
 
 
-def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item: PlannedFile,
+def _import_one(store: Store, info: EmbeddingSetInfo, item: PlannedFile,
                 slide: dict | None, fmt: str, coords_dir: Path | None, patch_size: int | None,
                 patch_level: int | None, cohort: str, report: ImportReport) -> tuple[FileOutcome, dict]:
     name, sid = item.path.name, item.slide_id
@@ -106,7 +111,8 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
             geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
     tiling_id, kind, order, note = (None, None, None, None)
     if slide is not None:
-        tiling_id, kind, order, note = match_tiling(conn, sid, xy, geom.size_l0)
+        with store.read() as conn:
+            tiling_id, kind, order, note = match_tiling(conn, sid, xy, geom.size_l0)
     data = ff.features if order is None else ff.features[order]
     data = np.asarray(data)
     if np.dtype(info.dtype) != data.dtype:
@@ -119,26 +125,44 @@ def _import_one(store: Store, conn: sa.Connection, info: EmbeddingSetInfo, item:
     notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
                          f"{geom.source}, size_l0 = {geom.size_l0}") if n]
     set_dir = info.directory(store)
-    checksum = write_features(set_dir, sid, data, info.dtype)
+    writer = write_features(set_dir, sid, data, info.dtype)
+    fault_point("import.after_array_write")
     try:
-        with transaction(conn):
-            if slide is None:
-                register_slide_without_pixels(conn, sid)
-                report.registered_slides.append(sid)
+        with store.commit(f"slide {sid}") as conn:
+            if sid in _registered(conn, info.embedding_set_id, [sid]):
+                writer.discard()  # another import registered it meanwhile
+                return FileOutcome(name, sid, "skipped"), ff.attrs
+            registered_now = conn.exec_driver_sql(
+                "SELECT count(*) FROM slides WHERE slide_id = ?", (sid,)).scalar()
+            if slide is None and not registered_now:
+                register_slide_without_pixels(conn, sid, item.case_id, item.case_id_source)
             if tiling_id is None:
                 tiling_id = insert_imported_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
                 what = "new imported tiling"
             else:
                 what = f"matched {kind} tiling"
-            register_array(conn, info, sid, tiling_id, data.shape[0], checksum)
-            add_to_cohort(conn, cohort, [sid])
+            writer.publish()
+            try:
+                fault_point("import.mid_commit")
+                register_array(conn, info, sid, tiling_id, data.shape[0], writer.finish())
+                add_to_cohort(conn, cohort, [sid])
+            except BaseException:
+                arrays.remove_array(set_dir, sid)  # still holding the lock: it is ours
+                raise
     except BaseException:
-        arrays.remove_array(set_dir, sid)  # the catalog never saw it: leave nothing behind
-        if slide is None and sid in report.registered_slides:
-            report.registered_slides.remove(sid)
+        writer.discard()  # the catalog never saw it: leave nothing behind
         raise
+    if slide is None and not registered_now:
+        report.registered_slides.append(sid)
     return FileOutcome(name, sid, "imported", int(data.shape[0]), int(tiling_id), what,
                        "; ".join(notes) or None), ff.attrs
+
+
+def _registered(conn: sa.Connection, embedding_set_id: int, slide_ids: list[str]) -> set[str]:
+    rows = conn.exec_driver_sql(
+        "SELECT slide_id FROM embedding_arrays WHERE embedding_set_id = ? AND slide_id IN "
+        "(SELECT unnest(?::VARCHAR[]))", (embedding_set_id, slide_ids)).all()
+    return {r[0] for r in rows}
 
 
 def _existing_set(conn: sa.Connection, name: str) -> EmbeddingSetInfo | None:
@@ -150,20 +174,24 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                     fmt: str | None = None, patch_size: int | None = None,
                     patch_level: int | None = None, mapping: Path | str | None = None,
                     register_slides: bool = False, coords_dir: Path | str | None = None,
-                    dtype: str = "auto", show_progress: bool = True) -> ImportReport:
+                    dtype: str = "auto", show_progress: bool = True,
+                    case_id_mode: str | None = None) -> ImportReport:
     """Import one feature file per slide from `directory` into embedding set `name`.
 
     Bad files are reported in `ImportReport.outcomes` (status 'failed', one-line message) and
     do not stop the others. Raises InvalidInput for problems of the whole command (no files,
     a bad mapping, slides not in the catalog without `register_slides`, a set name taken by a
-    set of other settings).
+    set of other settings). Slides registered without pixels get their case from the
+    mapping's case_id column or their TCGA barcode; others need case_id_mode 'slide'.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidInput(f"{directory} is not a folder")
     if not name or not name.strip():
         raise InvalidInput("--name must not be empty")
+    check_id(name, "embedding set name (--name)")
     check_cohort_name(cohort)
+    check_case_id_mode(case_id_mode)
     if patch_size is not None and patch_size < 1:
         raise InvalidInput(f"--patch-size must be >= 1, got {patch_size}")
     if patch_level is not None and patch_level < 0:
@@ -183,29 +211,36 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         raise InvalidInput(f"--format must be one of {', '.join(formats.FORMATS)}")
     planned, ignored = plan_files(directory, fmt, Path(mapping) if mapping else None)
 
-    with store.writer() as conn:
-        known = known_slides(conn)
-        resolve_ids(planned, known, mapping is not None)
-        unknown = [p.slide_id for p in planned if p.slide_id not in known]
-        if unknown and not register_slides:
-            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-            raise InvalidInput(f"{len(unknown)} of {len(planned)} files name slides that are not in the "
-                               f"catalog: {shown}",
-                               hint="ingest them first, give a --mapping CSV, or pass --register-slides "
-                                    "to register them as slides without pixels")
-        existing = _existing_set(conn, name)
-        if existing is not None and existing.kind != "imported":
-            raise InvalidInput(f"embedding set {name!r} exists and is {existing.kind}, not imported",
-                               hint="choose another --name")
-        if existing is not None and (existing.settings or {}).get("source_format") != fmt:
-            raise InvalidInput(f"embedding set {name!r} was imported from "
-                               f"{(existing.settings or {}).get('source_format')} files, not {fmt}",
-                               hint="choose another --name")
-        if existing is not None and dtype != "auto" and dtype != existing.dtype:
-            raise InvalidInput(f"embedding set {name!r} holds {existing.dtype}, not {dtype}",
-                               hint="drop --dtype or choose another --name")
-        done = finished_slides(conn, existing.embedding_set_id) if existing else set()
-        conn.commit()
+    with store.session():
+        with store.read() as conn:
+            known = known_slides(conn)
+            resolve_ids(planned, known, mapping is not None)
+            unknown = [p for p in planned if p.slide_id not in known]
+            if unknown and not register_slides:
+                shown = ", ".join(p.slide_id for p in unknown[:10]) + (
+                    f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+                raise InvalidInput(f"{len(unknown)} of {len(planned)} files name slides that are not in the "
+                                   f"catalog: {shown}",
+                                   hint="ingest them first, give a --mapping CSV, or pass --register-slides "
+                                        "to register them as slides without pixels")
+            existing = _existing_set(conn, name)
+            if existing is not None and existing.kind != "imported":
+                raise InvalidInput(f"embedding set {name!r} exists and is {existing.kind}, not imported",
+                                   hint="choose another --name")
+            if existing is not None and (existing.settings or {}).get("source_format") != fmt:
+                raise InvalidInput(f"embedding set {name!r} was imported from "
+                                   f"{(existing.settings or {}).get('source_format')} files, not {fmt}",
+                                   hint="choose another --name")
+            if existing is not None and dtype != "auto" and dtype != existing.dtype:
+                raise InvalidInput(f"embedding set {name!r} holds {existing.dtype}, not {dtype}",
+                                   hint="drop --dtype or choose another --name")
+            done = finished_slides(conn, existing.embedding_set_id) if existing else set()
+        if unknown:  # slides to register without pixels: each needs its patient's case id
+            cases = assign_cases([p.slide_id for p in unknown], [p.case_id for p in unknown], "manifest",
+                                 case_id_mode, Path(mapping).name if mapping else str(directory),
+                                 [p.path.name for p in unknown])
+            for p, (case, source) in zip(unknown, cases):
+                p.case_id, p.case_id_source = case, source
         report = ImportReport(None, None, False, fmt, None, None, cohort, ignored_files=ignored)
         pending = [p for p in planned if p.slide_id not in done]
         skipped = [p for p in planned if p.slide_id in done]
@@ -235,7 +270,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                           "patch_size_option": patch_size, "patch_level_option": patch_level,
                           "mapping": str(Path(mapping).resolve()) if mapping else None,
                           "coords_dir": str(coords_dir.resolve()) if coords_dir else None}
-            with transaction(conn):
+            with store.commit(f"embedding set {name}") as conn:
                 info, created = get_or_create_set(
                     conn, name=name, kind="imported", dim=dim, dtype=set_dtype,
                     settings={"kind": "imported", "name": name, "source_format": fmt},
@@ -250,7 +285,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         first_attrs = None
         for item in todo:
             try:
-                outcome, attrs = _import_one(store, conn, info, item, known.get(item.slide_id), fmt,
+                outcome, attrs = _import_one(store, info, item, known.get(item.slide_id), fmt,
                                              coords_dir, patch_size, patch_level, cohort, report)
                 if first_attrs is None:
                     first_attrs = attrs
@@ -261,7 +296,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
         bar.close()
         report.outcomes.sort(key=lambda o: o.file)
 
-        with transaction(conn):
+        with store.commit(f"the end of the import into {name}") as conn:
             if skipped:
                 add_to_cohort(conn, cohort, [p.slide_id for p in skipped])
             if info is not None:
@@ -269,7 +304,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                 if created and n_arrays == 0:  # every file failed: leave no empty set behind
                     conn.exec_driver_sql("DELETE FROM embedding_sets WHERE embedding_set_id = ?",
                                          (info.embedding_set_id,))
-                    _remove_empty_dir(info.directory(store))
+                    _remove_empty_dir(info.directory(store), store.embeddings_path)
                     report.embedding_set = report.embedding_set_id = None
                 else:
                     set_status(conn, info.embedding_set_id, "complete" if report.ok else "partial")
@@ -281,12 +316,16 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
     return report
 
 
-def _remove_empty_dir(path: Path) -> None:
-    import shutil
+def _remove_empty_dir(path: Path, owner: Path) -> None:
+    """Remove a set's folder that holds nothing but an empty .partial/ (another import into the
+    same set may be writing there: then it is not empty and stays)."""
+    from histstore.fsops import remove_tree
 
     try:
-        entries = [p for p in path.iterdir() if p.name != arrays.PARTIAL_DIR]
+        entries = list(path.iterdir())
+        partial = path / arrays.PARTIAL_DIR
+        if any(p != partial for p in entries) or (partial.is_dir() and any(partial.iterdir())):
+            return
+        remove_tree(path, owner)
     except OSError:
         return
-    if not entries:
-        shutil.rmtree(path, ignore_errors=True)

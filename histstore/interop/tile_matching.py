@@ -8,7 +8,6 @@ import json
 import numpy as np
 import sqlalchemy as sa
 
-from histstore.barcodes import default_case_id
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.interop import checks, formats
 from histstore.keys import settings_key
@@ -77,8 +76,9 @@ def insert_imported_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, g
     return tiling_id
 
 
-def register_slide_without_pixels(conn: sa.Connection, slide_id: str) -> None:
-    case_id = default_case_id(slide_id)
+def register_slide_without_pixels(conn: sa.Connection, slide_id: str, case_id: str,
+                                  case_id_source: str | None) -> None:
+    """A slide known only by its features; its case was decided by barcodes.assign_cases."""
     conn.exec_driver_sql("INSERT INTO cases (case_id) VALUES (?) ON CONFLICT DO NOTHING", (case_id,))
-    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status) VALUES (?, ?, NULL, 'registered')",
-                         (slide_id, case_id))
+    conn.exec_driver_sql("INSERT INTO slides (slide_id, case_id, path, status, case_id_source) "
+                         "VALUES (?, ?, NULL, 'registered', ?)", (slide_id, case_id, case_id_source))

@@ -72,17 +72,21 @@ def _probs_and_values(logits: Tensor, task: Task, scale) -> np.ndarray:
 
 
 def logits_to_predictions(logits: Tensor, idx: np.ndarray, target: np.ndarray, task: Task,
-                 scale) -> Predictions:
+                 scale, threshold: float | None = None) -> Predictions:
+    """threshold (binary): predict positive at probability >= threshold, else argmax."""
     out = _probs_and_values(logits, task, scale)
     if task == "regression":
         return Predictions(idx, target.astype(np.float64), out, out)
     pred = out.argmax(1) if len(out) else np.zeros(0, dtype=np.int64)
+    if threshold is not None and out.shape[1] == 2:
+        pred = (out[:, 1] >= threshold).astype(np.int64)
     score = out[:, 1] if out.shape[1] == 2 else out.max(1, initial=0.0)
     return Predictions(idx, target.astype(np.int64), score, pred, out)
 
 
-def logits_to_metrics(logits: Tensor, target: np.ndarray, task: Task, scale, n_out: int):
+def logits_to_metrics(logits: Tensor, target: np.ndarray, task: Task, scale, n_out: int,
+                      threshold: float | None = None):
     out = _probs_and_values(logits, task, scale)
     if task == "regression":
         return regression_metrics(target, out), out
-    return classification_metrics(target.astype(np.int64), out, n_out), out
+    return classification_metrics(target.astype(np.int64), out, n_out, threshold=threshold), out

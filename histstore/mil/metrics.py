@@ -46,9 +46,11 @@ class Summary:
         return f"{self.mean:.3f} +- {self.sd:.3f}" + ("" if self.n else " (undefined)")
 
 
-def classification_metrics(y_true, scores, n_classes: int | None = None) -> Metrics:
+def classification_metrics(y_true, scores, n_classes: int | None = None,
+                           threshold: float | None = None) -> Metrics:
     """y_true [n] int in 0..C-1; scores: [n] positive-class probability (binary) or
-    [n, C] class probabilities."""
+    [n, C] class probabilities. threshold (binary only): predict positive when the
+    positive-class probability is >= threshold instead of the argmax (0.5)."""
     y = np.asarray(y_true).astype(np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:
@@ -61,7 +63,7 @@ def classification_metrics(y_true, scores, n_classes: int | None = None) -> Metr
     if len(y) == 0:
         notes.append("no samples")
         return Metrics({**values, **{m: math.nan for m in CLASSIFICATION_METRICS}}, notes)
-    pred = s.argmax(1)
+    pred = s.argmax(1) if threshold is None or c != 2 else (s[:, 1] >= threshold).astype(np.int64)
     present = np.unique(y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,6 +9,7 @@ import numpy as np
 from torch import Tensor
 
 from histstore.mil.metrics import Metrics
+from histstore.mil.standardize import FeatureStats
 from histstore.mil.train_config import TrainConfig
 
 
@@ -59,6 +60,8 @@ class FoldResult:
     attention_kind: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    feature_stats: FeatureStats | None = None  # training-fold standardisation, if used
+    threshold: float | None = None  # binary: positive when probability >= this; else argmax
 
     @property
     def seconds_per_epoch(self) -> float:

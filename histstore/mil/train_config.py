@@ -7,6 +7,7 @@ from typing import Any, Literal, Mapping
 from histstore.errors import InvalidInput
 from histstore.mil.bags import DTYPES
 from histstore.mil.models import check_model_settings
+from histstore.mil.thresholds import RULES as THRESHOLD_RULES
 
 Task = Literal["classification", "regression"]
 
@@ -27,12 +28,19 @@ class TrainConfig:
     weight_decay: float = 1e-5          # HistCode
     bags_per_step: int = 1              # HistCode: one slide per step
     # how a step of several bags runs: one concatenated forward ("concat", fastest on a GPU),
-    # or one bag at a time with gradient accumulation ("accumulate", faster on a CPU where
-    # small per-bag tensors stay in cache); both give the same gradient. auto: by device.
+    # or one bag at a time with gradient accumulation ("accumulate", for a CPU where small
+    # per-bag tensors stay in cache; bench_mil times both); same gradient. auto: by device.
     batch_mode: Literal["auto", "concat", "accumulate"] = "auto"
     class_weight: Literal["none", "balanced"] = "none"
-    select_on: Literal["loss", "auc"] = "loss"  # validation loss, or validation ROC-AUC
+    # the epoch kept: best validation loss, best validation ROC-AUC, or the last one (a fixed
+    # schedule: validation bags too few to choose an epoch reliably only report)
+    select_on: Literal["loss", "auc", "last"] = "loss"
     standardize_targets: bool = True    # regression: fit on z-scored train targets
+    # z-score every feature with the training bags' tile statistics (mil/standardize.py)
+    standardize_features: bool = True
+    # binary tasks: where the decision threshold comes from (mil/thresholds.py): "0.5",
+    # "val" (the validation bags) or "train" (the training bags)
+    decision_threshold: str = "0.5"
     amp: bool = False                   # bf16 autocast (CUDA only)
     feature_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     eval_tiles: int = 262_144           # tiles per evaluation batch
@@ -57,10 +65,15 @@ class TrainConfig:
         if self.batch_mode not in ("auto", "concat", "accumulate"):
             raise InvalidInput(f"batch_mode must be auto, concat or accumulate, "
                                f"got {self.batch_mode!r}")
-        if self.select_on not in ("loss", "auc"):
-            raise InvalidInput(f"select_on must be loss or auc, got {self.select_on!r}")
+        if self.select_on not in ("loss", "auc", "last"):
+            raise InvalidInput(f"select_on must be loss, auc or last, got {self.select_on!r}")
         if self.select_on == "auc" and self.task == "regression":
             raise InvalidInput("select_on=auc needs a classification task")
+        if self.decision_threshold not in THRESHOLD_RULES:
+            raise InvalidInput(f"decision_threshold must be one of {', '.join(THRESHOLD_RULES)}, "
+                               f"got {self.decision_threshold!r}")
+        if self.decision_threshold != "0.5" and self.task == "regression":
+            raise InvalidInput("a decision threshold needs a classification task")
         if self.feature_dtype not in DTYPES:
             raise InvalidInput(f"feature_dtype must be one of {', '.join(DTYPES)}")
         if self.n_classes is not None and self.n_classes < 2:

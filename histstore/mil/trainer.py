@@ -11,11 +11,13 @@ per batch: resident (`PackedBags`, all bags on the device as one tensor: no per-
 host->device copy, one-bag steps use views) or streamed from disk with read-ahead; the loop
 asks for each epoch's steps at once (`batches`) so a streamed source reads ahead. A step of
 several bags (`bags_per_step > 1`) has loss = mean of per-bag losses, i.e. the mean of the
-bags' one-bag gradients, computed either by one concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
-time (the CPU default: big concatenated intermediates fall out of cache and were slower
-there). The loss is accumulated on the device and read once per epoch; evaluation forwards
-one bag at a time (batch-invariant results, mil/evaluation.py). `bags_per_step=1` is the paper's setting; larger values
-take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
+bags' one-bag gradients, computed either by one concatenated forward (`forward_segments`, the
+GPU default) or by accumulating one bag at a time (the CPU default: big concatenated
+intermediates fall out of cache; benchmarks/bench_mil.py times both modes). The loss is
+accumulated on the device and read once per epoch; evaluation forwards one bag at a time
+(batch-invariant results, mil/evaluation.py). `bags_per_step=1` is the paper's setting;
+larger values take fewer optimiser steps per epoch (a different schedule), for throughput on a
+GPU.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from histstore.mil.bags import PackedBags, is_bag_source, iter_batches, pack_bag
 from histstore.mil.evaluation import autocast_dtype, evaluate, logits_to_metrics, logits_to_predictions
 from histstore.mil.models import MILModel, MILOutput, build_model
 from histstore.mil.results import EpochRecord, FoldResult
+from histstore.mil.standardize import StandardizedBags, fit_feature_stats
+from histstore.mil.thresholds import choose_threshold
 from histstore.mil.train_config import Task, TrainConfig
 
 
@@ -91,6 +95,10 @@ def train_fold(
     if (len(np.intersect1d(tr, va)) or len(np.intersect1d(tr, te))
             or len(np.intersect1d(va, te))):
         raise InvalidInput("train, val and test bags overlap")
+    feature_stats = None
+    if config.standardize_features:  # training-fold statistics, applied per batch on the device
+        feature_stats = fit_feature_stats(packed, tr)
+        packed = StandardizedBags(packed, feature_stats)
 
     notes: list[str] = []
     # targets the loop may see: test positions blanked, so selection cannot use them
@@ -164,14 +172,18 @@ def train_fold(
                 break
         model.load_state_dict(best_state)
 
-    # the only place test bags are seen: once, with the selected weights
     ev_val = evaluate(model, packed, va, eval_tiles=config.eval_tiles, amp=config.amp)
+    threshold = None
+    if config.task == "classification" and n_out == 2:
+        threshold = _decision_threshold(config, model, packed, tr, va, y_seen, ev_val, notes)
+    cut = None if config.decision_threshold == "0.5" else threshold  # "0.5": the argmax, as before
+    # the only place test bags are seen: once, with the selected weights and threshold
     ev_test = evaluate(model, packed, te, eval_tiles=config.eval_tiles, amp=config.amp,
                        attention=True)
-    val_pred = logits_to_predictions(ev_val.logits, va, y_all[va], config.task, scale)
-    test_pred = logits_to_predictions(ev_test.logits, te, y_all[te], config.task, scale)
-    m_val, _ = logits_to_metrics(ev_val.logits, y_all[va], config.task, scale, n_out)
-    m_test, _ = logits_to_metrics(ev_test.logits, y_all[te], config.task, scale, n_out)
+    val_pred = logits_to_predictions(ev_val.logits, va, y_all[va], config.task, scale, cut)
+    test_pred = logits_to_predictions(ev_test.logits, te, y_all[te], config.task, scale, cut)
+    m_val, _ = logits_to_metrics(ev_val.logits, y_all[va], config.task, scale, n_out, cut)
+    m_test, _ = logits_to_metrics(ev_test.logits, y_all[te], config.task, scale, n_out, cut)
     return FoldResult(
         fold=fold, seed=seed, config=config, n_outputs=n_out,
         train_idx=tr, val_idx=va, test_idx=te, best_epoch=best_epoch, history=history,
@@ -181,7 +193,25 @@ def train_fold(
         model_spec=model.spec(),
         model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
         target_scale=scale, attention_kind=model.attention_kind,
-        seconds=time.perf_counter() - t_start, notes=notes)
+        seconds=time.perf_counter() - t_start, notes=notes, feature_stats=feature_stats,
+        threshold=threshold)
+
+
+def _decision_threshold(config: TrainConfig, model: MILModel, packed, tr: np.ndarray, va: np.ndarray,
+                        y_seen: np.ndarray, ev_val, notes: list[str]) -> float:
+    """The binary decision threshold by config.decision_threshold (see mil/thresholds.py),
+    from validation or training bags only."""
+    rule = config.decision_threshold
+    if rule == "0.5":
+        return 0.5
+    idx = va if rule == "val" else tr
+    if len(np.unique(y_seen[idx])) < 2:
+        notes.append(f"the {rule} bags hold {'one class' if len(idx) else 'nothing'}: decision threshold 0.5")
+        return 0.5
+    ev = ev_val if rule == "val" else evaluate(model, packed, tr, eval_tiles=config.eval_tiles,
+                                               amp=config.amp)
+    prob = torch.softmax(ev.logits.float(), dim=1)[:, 1].cpu().numpy()
+    return choose_threshold(y_seen[idx], prob)
 
 
 def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed, y_dev: Tensor,
@@ -223,8 +253,8 @@ def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed, y_dev: Ten
 def _selection_key(select_on: str, val_loss: float, val_metrics: dict, epoch: int,
                    n_val: int) -> tuple:
     """Smaller is better; ties keep the earlier epoch (strict improvement required)."""
-    if n_val == 0:
-        return (-epoch,)  # no validation: the latest epoch wins
+    if n_val == 0 or select_on == "last":
+        return (-epoch,)  # no validation, or a fixed schedule: the latest epoch wins
     loss = val_loss if not math.isnan(val_loss) else math.inf
     if select_on == "auc":
         auc = val_metrics.get("auc", math.nan)

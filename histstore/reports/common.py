@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from histstore.catalog.bulk import insert_frame
 from histstore.catalog.runs import require_run
 from histstore.errors import InvalidInput
+from histstore.fsops import remove_file
 from histstore.store import Store
 
 # What each MIL model stores as a tile's attention (mirrors `attention_kind` of the classes in
@@ -66,8 +67,10 @@ def run_dir(store: Store, area: str, run_id: int) -> Path:
 
 
 def safe_name(text: str) -> str:
-    """A slide id as a file name (ids may hold '/' or spaces)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    """A slide id as a file name: histstore.ids.path_component, the one safe encoding."""
+    from histstore.ids import path_component
+
+    return path_component(str(text))
 
 
 # ------------------------------------------------------------------------------- files
@@ -89,7 +92,7 @@ def atomic_write(path: Path, write) -> Path:
         os.replace(tmp, path)
     finally:
         if tmp.exists():
-            tmp.unlink()
+            remove_file(tmp, path.parent)  # histstore.fsops
     return path
 
 

@@ -9,7 +9,12 @@ What is drawn depends on the run (all from the catalog; nothing is recomputed by
   validation loss per epoch, the selected epoch marked);
 - a gene run's parent (children with tasks de:GENE, up:GENE, ...): each gene's mean test AUC
   (Pearson r for fc) against the cohort's mean |log2 fold change| of that gene, with the
-  Spearman rho (HistCode: prediction accuracy rises with the gene's fold-change level).
+  Spearman rho (HistCode: prediction accuracy rises with the gene's fold-change level), and
+  each gene's within-fold permutation p-value and Benjamini-Hochberg q (genes with q < 0.05
+  are marked: filled in the figure, "yes" in the table);
+- every run: how many folds each mean rests on and the folds where a metric was undefined;
+  the pooled test predictions' AUC and accuracy, slide and case level, with 95 % case
+  bootstrap intervals (`histstore.evaluation`, computed when the report is written).
 
 The HTML page embeds every image as a base64 data URI (one file that can be mailed) and links
 each to its PNG beside it (relative links, so the folder can be moved). All files are
@@ -24,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,10 +41,14 @@ from histstore.reports.common import (REPORT_DIR, Artifact, atomic_write, is_reg
                                       register_artifacts, require_train_run, run_dir, save_figure)
 from histstore.store import Store
 
+if TYPE_CHECKING:  # the statistics import scipy and sklearn: loaded when a report is written
+    from histstore.evaluation.run_stats import RunStatistics
+
 HTML_NAME = "report.html"
 _CLASS_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "n")
 _REG_METRICS = ("pearson", "spearman", "mse", "n")
-_COUNT_COLUMNS = {"n", "folds", "run_id", "fold", "selected epoch"}
+_COUNT_COLUMNS = {"n", "folds", "run_id", "fold", "selected epoch", "n_undefined", "case_n", "slides / cases",
+                  "cases", "n_perm", "auc_folds"}
 
 
 @dataclass
@@ -70,12 +80,16 @@ class _RunData:
     embedding_set: str | None
     encoder: str | None
     parent_task: str | None
+    statistics: RunStatistics | None = None
 
 
 def _load(store: Store, run_id: int | str) -> _RunData:
+    from histstore.evaluation.run_stats import run_statistics
+
     with store.read() as conn:
         run = require_train_run(conn, run_id)
         rep = read_run_report(conn, run["run_id"])
+        statistics = run_statistics(conn, run)
     rid = int(run["run_id"])
     with store.read() as conn:
         preds = query_arrow(conn, "SELECT fold, slide_id, label, target, score, predicted FROM predictions "
@@ -94,8 +108,11 @@ def _load(store: Store, run_id: int | str) -> _RunData:
         parent_task = q("SELECT task FROM runs WHERE run_id = ?",
                         (run["parent_run_id"],)).scalar() if run["parent_run_id"] is not None else None
     children = rep.children.to_pandas() if rep.children is not None else None
+    if children is not None and statistics.gene_tests is not None:
+        tests = statistics.gene_tests[["run_id", "pooled_auc", "perm_p", "bh_q", "passes"]]
+        children = children.merge(tests, on="run_id", how="left")
     return _RunData(run, rep.summary.to_pandas(), rep.per_fold.to_pandas(), children, rep.parent_metrics,
-                    preds, curves, {int(k): v for k, v in best.items()}, emb, enc, parent_task)
+                    preds, curves, {int(k): v for k, v in best.items()}, emb, enc, parent_task, statistics)
 
 
 # ------------------------------------------------------------------------------ figures
@@ -225,6 +242,8 @@ def _regression(d: _RunData, path: Path, notes: list[str]) -> float | None:
 def _genes(d: _RunData, path: Path, notes: list[str]) -> float | None:
     from scipy import stats
 
+    from histstore.evaluation.pooled import ALPHA, N_PERM
+
     c = d.children
     metric = "pearson" if str(d.run["task"]).startswith("fc:") else "auc"
     ok = c[c["status"].eq("finished") & c[metric].notna() & c["mean_abs_log2fc"].notna()]
@@ -235,7 +254,15 @@ def _genes(d: _RunData, path: Path, notes: list[str]) -> float | None:
     ax = fig.add_subplot()
     x, y = ok["mean_abs_log2fc"].to_numpy(float), ok[metric].to_numpy(float)
     yerr = ok["auc_sd"].to_numpy(float) if metric == "auc" else None
-    ax.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=2, lw=0.8, color="C0", ecolor="#9bb")
+    ax.errorbar(x, y, yerr=yerr, fmt="none", capsize=2, lw=0.8, ecolor="#9bb")
+    passes = ok["passes"].fillna(False).to_numpy(bool) if "passes" in ok.columns else np.zeros(len(ok), bool)
+    ax.scatter(x[~passes], y[~passes], s=30, facecolors="white", edgecolors="C0", zorder=3,
+               label="not significant" if "passes" in ok.columns else None)
+    if passes.any():
+        ax.scatter(x[passes], y[passes], s=30, color="C0", zorder=3,
+                   label=f"pooled AUC > chance, BH q < {ALPHA:g} ({N_PERM:,} permutations)")
+    if "passes" in ok.columns:
+        ax.legend(fontsize=7.5, loc="lower right")
     # name every gene when they are few, else the ten best and ten worst
     order = np.argsort(y)
     named = set(range(len(y))) if len(y) <= 40 else set(order[:10]) | set(order[-10:])
@@ -297,15 +324,16 @@ def _table(frame: pd.DataFrame, agg_rows: int = 0) -> str:
     whole = {c for c in frame.columns if c in _COUNT_COLUMNS
              and plain[c].map(lambda v: v is None or (isinstance(v, float) and math.isnan(v)) or _integral(v)).all()}
 
-    def cell(col, v, agg: bool) -> str:
+    def cell(col, v, agg: bool, counts: bool) -> str:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
             return f"<td>{html.escape(_fmt(v))}</td>"
-        text = str(int(v)) if col in whole and not agg and _integral(v) else _fmt(v)
+        text = str(int(v)) if (counts or col in whole and not agg) and _integral(v) else _fmt(v)
         return f'<td class="num">{html.escape(text)}</td>'
 
     for i, row in enumerate(frame.itertuples(index=False)):
         agg = i >= n - agg_rows
-        cells = "".join(cell(c, v, agg) for c, v in zip(frame.columns, row))
+        counts = agg and str(row[0]) in _COUNT_COLUMNS  # an aggregate row of counts ("folds")
+        cells = "".join(cell(c, v, agg, counts) for c, v in zip(frame.columns, row))
         cls = ' class="agg"' if agg else ""
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -336,12 +364,16 @@ def _per_fold_table(d: _RunData, regression: bool) -> pd.DataFrame | None:
     out["fold"] = out["fold"].astype(str)
     stats_rows = []
     num = out.drop(columns="fold").astype(float)
-    for name, fn in (("mean", lambda s: s.mean()), ("sd", lambda s: s.std(ddof=1))):
+    # mean and sd over the folds where a metric is defined; "folds" says how many that is
+    for name, fn in (("mean", lambda s: s.mean()), ("sd", lambda s: s.std(ddof=1)),
+                     ("folds", lambda s: float(s.notna().sum()))):
         stats_rows.append({"fold": name, **{c: fn(num[c]) for c in num.columns}})
     return pd.concat([out, pd.DataFrame(stats_rows)], ignore_index=True)
 
 
 def _html(d: _RunData, res: ReportResult, regression: bool, parts: list[str]) -> str:
+    from histstore.evaluation.pooled import N_BOOT
+
     run = d.run
     title = f"Run {run['run_id']}: {run['model']} · {run['task']} · cohort {run['cohort']}"
     started, finished = run.get("started_at"), run.get("finished_at")
@@ -366,10 +398,21 @@ def _html(d: _RunData, res: ReportResult, regression: bool, parts: list[str]) ->
            f"<h1>{html.escape(title)}</h1>", info]
     if not d.summary.empty:
         s = d.summary.rename(columns={"n_folds": "folds"})
-        out += ["<h2>Test metrics (mean ± sd over folds)</h2>", _table(s)]
+        out += ["<h2>Test metrics (mean ± sd over folds)</h2>",
+                "<p>folds: how many folds each mean rests on; n_undefined / undefined_folds: folds where "
+                "the metric is undefined (e.g. AUC of a test fold holding one class), left out of the mean. "
+                "case_*: slide scores averaged per case (per case and label).</p>", _table(s)]
+    iv = d.statistics.intervals if d.statistics is not None else None
+    if iv is not None and len(iv):
+        t = iv.rename(columns={"n": "slides / cases", "n_cases": "cases"})
+        out += ["<h2>Pooled test predictions (95 % intervals)</h2>",
+                f"<p>Every slide once, scored by the fold model that held it out. Intervals: percentiles of "
+                f"{N_BOOT:,} bootstrap resamples of cases (stratified by label; a case keeps all its "
+                "slides). Case level: slide scores averaged per case.</p>", _table(t)]
     pf = _per_fold_table(d, regression)
     if pf is not None:
-        out += ["<h2>Per-fold test metrics</h2>", _table(pf, agg_rows=2)]
+        out += ["<h2>Per-fold test metrics</h2>", "<p>An empty cell: the metric is undefined in that fold.</p>",
+                _table(pf, agg_rows=3)]
     out += parts
     if res.notes:
         out.append("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in res.notes)
@@ -403,6 +446,7 @@ def write_report(store: Store, run_id: int | str, out_dir: Path | str | None = N
     out = Path(out_dir) if out_dir is not None else default_report_dir(store, rid)
     out.mkdir(parents=True, exist_ok=True)
     res = ReportResult(rid, out, out / HTML_NAME)
+    res.notes += d.statistics.notes if d.statistics is not None else []
     regression = is_regression(d.run)
     if d.run["status"] != "finished":
         done = sorted(d.preds["fold"].unique().tolist()) if not d.preds.empty else []
@@ -420,12 +464,20 @@ def write_report(store: Store, run_id: int | str, out_dir: Path | str | None = N
         return value
 
     if is_parent:
+        from histstore.evaluation.pooled import ALPHA, N_PERM
+
         parts.append("<h2>Gene runs</h2>")
         res.spearman_rho = figure("genes", "genes", "Per-gene test metric versus the cohort's mean |log2FC|",
                                   lambda p: _genes(d, p, res.notes))
-        cols = [c for c in ("run_id", "task", "status", "auc", "auc_sd", "accuracy", "pearson",
-                            "mean_abs_log2fc", "positive_fraction", "error") if c in d.children.columns]
+        cols = [c for c in ("run_id", "task", "status", "auc", "auc_sd", "auc_folds", "accuracy", "pearson",
+                            "mean_abs_log2fc", "positive_fraction", "pooled_auc", "perm_p", "bh_q", "passes",
+                            "error") if c in d.children.columns]
         table = d.children[cols].copy()
+        if "passes" in table.columns:
+            table["passes"] = table["passes"].map(lambda v: "yes" if v is True else ("no" if v is False else ""))
+            parts.append(f"<p>perm_p: one-sided permutation p-value of the gene's pooled test AUC, labels "
+                         f"permuted within folds ({N_PERM:,} permutations, so p &ge; {1 / (N_PERM + 1):.1e}); "
+                         f"bh_q: Benjamini-Hochberg over the genes; passes: q &lt; {ALPHA:g}.</p>")
         table = table.loc[:, [c for c in cols if c in ("run_id", "task", "status") or table[c].notna().any()]]
         parts += [_table(table), "<p>Per-gene figures: <code>histstore report RUN</code> with a gene run's id.</p>"]
         if d.parent_metrics:

@@ -86,7 +86,7 @@ def process_slide(
 
     Raises SlideReadError for a missing/corrupt/unsupported file, an unknown mpp without
     `assume_mpp`, a slide too coarse for spec.target_mpp, and (unless allow_empty) a slide
-    where no tile reaches spec.min_tissue.
+    where the tile rule keeps no tile.
     """
     path = Path(path)
     t0 = time.perf_counter()
@@ -128,14 +128,16 @@ def process_slide(
             timings=timings,
         )
     if not allow_empty and result.n_tiles == 0:
+        if spec.tile_rule == "min-tissue":
+            rule, hint = (f"no tile has tissue fraction >= {spec.min_tissue:g}",
+                          "check the slide; a lower --min-tissue keeps tiles with less tissue")
+        else:
+            rule, hint = (f"no tile touches the tissue ({spec.tile_rule})",
+                          "check the slide; the tissue may be smaller than one tile")
         found = "no tissue found" if not mask.mask.any() else (
-            f"no tile has tissue fraction >= {spec.min_tissue:g} "
-            f"(tissue covers {100 * mask.tissue_fraction:.1f}% of the slide)"
+            f"{rule} (tissue covers {100 * mask.tissue_fraction:.1f}% of the slide)"
         )
-        raise SlideReadError(
-            f"{found}: {path}",
-            hint="check the slide; a lower --min-tissue keeps tiles with less tissue",
-        )
+        raise SlideReadError(f"{found}: {path}", hint=hint)
     return result
 
 

@@ -4,11 +4,20 @@ HistCode (arXiv 2204.11994) cuts slides into 128 x 128 tiles at 20x (0.5 um/px) 
 ones on tissue. Here a tile is `tile_size` pixels at `target_mpp`; it is read from the coarsest
 pyramid level that is still at least as fine as the target (so tiles are only ever shrunk,
 never enlarged) and resampled to `tile_size`. Coordinates are level-0 pixels; a tile covers
-`size_l0` x `size_l0` level-0 pixels from its top-left (x, y). The grid starts at (0, 0), steps
-by `tile_size - overlap` target pixels and keeps every tile fully inside the slide.
+`size_l0` x `size_l0` level-0 pixels from its top-left (x, y). Grids step by
+`tile_size - overlap` target pixels, and every tile lies fully inside the slide.
 
-Each tile's tissue fraction is the exact area fraction of its footprint covered by the tissue
-mask (mask pixels treated as little squares), from a summed-area table, vectorised.
+Which tiles are kept is the tiling's rule (`TilingSpec.tile_rule`):
+- "clam-four-pt" (the default): HistCode's pipeline, CLAM's four-point contour rule - a tile
+  is kept when its central region touches a tissue contour and its centre is not in a hole;
+  each contour has its own grid anchored at its bounding box (`histstore.wsi.contour_tiles`);
+- "min-tissue": one grid from (0, 0); a tile is kept when at least `min_tissue` of it is
+  tissue (histstore's rule before tile rules existed; its settings are recorded as they were
+  then, so tilings made before keep their settings key).
+
+Either way each tile's tissue fraction is recorded: the exact area fraction of its footprint
+covered by the tissue mask (mask pixels treated as little squares), from a summed-area table,
+vectorised.
 """
 from __future__ import annotations
 
@@ -21,6 +30,8 @@ import numpy as np
 from histstore.errors import InvalidInput, SlideReadError
 
 TISSUE_METHODS = ("hsv-otsu",)
+TILE_RULES = ("clam-four-pt", "min-tissue")
+DEFAULT_MIN_TISSUE = 0.5  # the min-tissue rule's default fraction
 # A pyramid level may be this much coarser than the target and still be read (scanners report
 # e.g. 0.5040 um/px for "20x"); the resampling is then a negligible enlargement.
 LEVEL_MPP_TOL = 0.01
@@ -45,13 +56,19 @@ def mpp_to_magnification(mpp: float) -> float:
 
 @dataclass(frozen=True)
 class TilingSpec:
-    """How to tile: tile_size px at target_mpp um/px, overlap in target px, min tissue fraction."""
+    """How to tile: tile_size px at target_mpp um/px, overlap in target px, which tiles to keep.
+
+    tile_rule: "clam-four-pt" (HistCode/CLAM's contour rule, the default) or "min-tissue"
+    (keep tiles with tissue fraction >= min_tissue; min_tissue defaults to 0.5 and is given
+    only with this rule).
+    """
 
     target_mpp: float = 0.5
     tile_size: int = 128
     overlap: int = 0
-    min_tissue: float = 0.5
+    min_tissue: float | None = None
     tissue_method: str = "hsv-otsu"
+    tile_rule: str = "clam-four-pt"
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> InvalidInput:
@@ -69,17 +86,24 @@ class TilingSpec:
             raise bad(f"tile_size must be in 8..8192 px, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:
             raise bad(f"overlap must be in 0..tile_size-1, got {self.overlap}")
-        if isinstance(self.min_tissue, bool) or not isinstance(self.min_tissue, (int, float)):
-            raise bad(f"min_tissue must be a number, got {self.min_tissue!r}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise bad(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.tile_rule not in TILE_RULES:
+            raise bad(f"tile_rule must be one of {', '.join(TILE_RULES)}, got {self.tile_rule!r}")
+        if self.tile_rule == "min-tissue":
+            if self.min_tissue is None:
+                object.__setattr__(self, "min_tissue", DEFAULT_MIN_TISSUE)
+            if isinstance(self.min_tissue, bool) or not isinstance(self.min_tissue, (int, float)):
+                raise bad(f"min_tissue must be a number, got {self.min_tissue!r}")
+            if not 0.0 <= self.min_tissue <= 1.0:
+                raise bad(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+            object.__setattr__(self, "min_tissue", float(self.min_tissue))
+        elif self.min_tissue is not None:
+            raise bad(f"min_tissue applies to tile_rule min-tissue only, not {self.tile_rule}")
         if self.tissue_method not in TISSUE_METHODS:
             raise bad(f"tissue_method must be one of {TISSUE_METHODS}, got {self.tissue_method!r}")
         # normalise types so equal specs compare and serialise equal
         object.__setattr__(self, "target_mpp", float(self.target_mpp))
         object.__setattr__(self, "tile_size", int(self.tile_size))
         object.__setattr__(self, "overlap", int(self.overlap))
-        object.__setattr__(self, "min_tissue", float(self.min_tissue))
 
     @property
     def stride(self) -> int:
@@ -94,8 +118,23 @@ class TilingSpec:
             s += f"-ov{self.overlap}"
         return s
 
+    @property
+    def rule_label(self) -> str:
+        """The rule in words, e.g. 'clam-four-pt' or 'min tissue 0.5'."""
+        return self.tile_rule if self.tile_rule != "min-tissue" else f"min tissue {self.min_tissue:g}"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded (and hashed into the tiling's settings key).
+
+        The min-tissue rule is written as it was before tile rules existed (no tile_rule
+        key), so its tilings keep their keys; `from_dict` reads a dict without tile_rule as
+        min-tissue."""
+        d = asdict(self)
+        if self.tile_rule == "min-tissue":
+            del d["tile_rule"]
+        else:
+            del d["min_tissue"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TilingSpec:
@@ -103,6 +142,8 @@ class TilingSpec:
         unknown = set(d) - known
         if unknown:
             raise InvalidInput(f"invalid tiling: unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d.setdefault("tile_rule", "min-tissue")  # written before tile rules existed
         return cls(**d)
 
 
@@ -178,8 +219,9 @@ class TileGrid:
     read_size: int
     size_l0: int
     stride_l0: int
-    n_candidates: int = 0  # grid positions inside the slide before the tissue filter
-    min_tissue: float = 0.0
+    n_candidates: int = 0  # grid positions tested by the tile rule
+    min_tissue: float | None = None  # the min-tissue rule's fraction; None for other rules
+    tile_rule: str = "min-tissue"
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -254,11 +296,11 @@ def mask_fraction(
 
 
 def plan_tiles(geometry: SlideGeometry, mask, spec: TilingSpec) -> TileGrid:
-    """Lay the tile grid over a slide and keep tiles with tissue_fraction >= spec.min_tissue.
+    """The tiles of a slide kept by spec.tile_rule (see the module docstring).
 
     geometry: SlideGeometry (or anything with width, height, level_downsamples, mpp).
     mask: a TissueMask (histstore.wsi.tissue) covering the whole slide, or None to keep every
-    tile with tissue_fraction 1.
+    tile of the (0, 0)-anchored grid with tissue_fraction 1.
     """
     if not isinstance(geometry, SlideGeometry):
         geometry = SlideGeometry(
@@ -280,20 +322,27 @@ def plan_tiles(geometry: SlideGeometry, mask, spec: TilingSpec) -> TileGrid:
             return np.zeros(0, np.int64)
         return np.arange(0, extent - size_l0 + 1, stride_l0, dtype=np.int64)
 
-    ys, xs = positions(geometry.height), positions(geometry.width)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")  # row-major: y outer, x inner
-    x, y = xx.ravel(), yy.ravel()
-    n_candidates = int(x.size)
-    if mask is None:
-        frac = np.ones(x.size, np.float64)
-    elif tuple(mask.slide_size) != (geometry.width, geometry.height):
+    if mask is not None and tuple(mask.slide_size) != (geometry.width, geometry.height):
         raise ValueError(
             f"tissue mask is for a {mask.slide_size} slide, not {geometry.width}x{geometry.height}"
         )
-    else:
+    if mask is not None and spec.tile_rule == "clam-four-pt":
+        from histstore.wsi.contour_tiles import four_point_tiles
+
+        x, y, n_candidates = four_point_tiles(mask.mask, mask.scale, geometry.width, geometry.height,
+                                              size_l0, stride_l0)
         frac = mask_fraction(mask.mask, mask.scale, x, y, size_l0, size_l0)
-    keep = frac >= spec.min_tissue - 1e-9
-    x, y, frac = x[keep], y[keep], frac[keep]
+    else:
+        ys, xs = positions(geometry.height), positions(geometry.width)
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")  # row-major: y outer, x inner
+        x, y = xx.ravel(), yy.ravel()
+        n_candidates = int(x.size)
+        if mask is None:
+            frac = np.ones(x.size, np.float64)
+        else:
+            frac = mask_fraction(mask.mask, mask.scale, x, y, size_l0, size_l0)
+            keep = frac >= spec.min_tissue - 1e-9
+            x, y, frac = x[keep], y[keep], frac[keep]
     return TileGrid(
         idx=np.arange(x.size, dtype=np.int64),
         x=np.ascontiguousarray(x, np.int64),
@@ -310,4 +359,5 @@ def plan_tiles(geometry: SlideGeometry, mask, spec: TilingSpec) -> TileGrid:
         stride_l0=stride_l0,
         n_candidates=n_candidates,
         min_tissue=spec.min_tissue,
+        tile_rule=spec.tile_rule,
     )

@@ -13,12 +13,12 @@ before. DuckDB cannot drop a constraint, so the table is rebuilt (rows kept, sor
 fold and tile) and the view made again.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0005
 """
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -30,7 +30,7 @@ def test_attention_rows_survive_0004_both_ways(tmp_path):
     view = "SELECT slide_id, idx, score, rank_in_slide FROM tile_attention ORDER BY idx"
     before = _rows(store, view)
     assert len(before) == 3 and before[0][3] == 1
-    migrate_store(store, "0004")
+    migrate_store(store, "0004")  # (after 0003 and 0005)
     assert _rows(store, view) == before
     fks = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'attention' AND constraint_type = 'FOREIGN KEY'"
     assert _rows(store, fks) == [(0,)]

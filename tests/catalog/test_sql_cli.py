@@ -108,3 +108,57 @@ def test_status_counts(filled, cli):
     r = cli("status")
     assert r.exit_code == 0
     assert "cases:" in r.output and " 2" in r.output
+
+
+@pytest.mark.parametrize("stmt", [
+    "COPY (SELECT 1 AS x) TO '{d}/out.csv'",
+    "COPY cases TO '{d}/out.parquet' (FORMAT parquet)",
+    "EXPORT DATABASE '{d}/dump'",
+    "ATTACH '{d}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SELECT * FROM read_csv('{d}/secret.csv')",
+    "SELECT * FROM '{d}/secret.csv'",
+    "SET enable_external_access = true",
+    "RESET lock_configuration",
+])
+def test_read_only_sql_cannot_touch_files_or_settings(filled, cli, tmp_path, stmt):
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = cli("sql", stmt.format(d=tmp_path))
+    assert r.exit_code != 0
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    # (EXPORT DATABASE is refused earlier by DuckDB itself: the catalog has a self-referencing key)
+    assert r.output.startswith("Error: refused") or "EXPORT" in stmt, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_output_option_writes_and_never_overwrites_silently(filled, cli, tmp_path):
+    out = tmp_path / "cases.csv"
+    assert cli("sql", "SELECT case_id FROM cases ORDER BY 1", "--format", "csv", "-o", out).exit_code == 0
+    first = out.read_text()
+    r = cli("sql", "SELECT 1 AS x", "--format", "csv", "-o", out)
+    assert r.exit_code != 0 and "exists" in r.output and "--force" in r.output
+    assert out.read_text() == first
+    assert cli("sql", "SELECT 1 AS x", "--format", "csv", "-o", out, "--force").exit_code == 0
+    assert out.read_text().splitlines() == ["x", "1"]
+
+
+def test_write_mode_keeps_full_power(filled, cli, tmp_path):
+    r = cli("sql", "--write", f"COPY (SELECT case_id FROM cases ORDER BY 1) TO '{tmp_path}/c.csv'")
+    assert r.exit_code == 0 and (tmp_path / "c.csv").read_text().split() == ["case_id", "c1", "c2"]
+
+
+def test_library_reads_work_in_the_sandbox(filled):
+    """Arrow and numpy results, registered Arrow frames and temp tables all work read-only."""
+    import pyarrow as pa
+
+    from histstore.catalog.bulk import duckdb_connection, query_arrow, query_numpy
+
+    with filled.read() as conn:
+        assert query_arrow(conn, "SELECT case_id FROM cases ORDER BY 1").column(0).to_pylist() == ["c1", "c2"]
+        assert query_numpy(conn, "SELECT count(*) AS n FROM cases")["n"][0] == 2
+        raw = duckdb_connection(conn)
+        raw.register("frame", pa.table({"case_id": ["c2", "c3"]}))
+        assert raw.execute("SELECT count(*) FROM cases JOIN frame USING (case_id)").fetchone() == (1,)
+        assert raw.execute("SELECT current_setting('enable_external_access')").fetchone() == (False,)

@@ -4,7 +4,7 @@ from histstore.ingest import ingest
 from histstore.wsi.tiling import TilingSpec
 
 # 64 px tiles at 1 um/px: the same tissue as HistCode's 128 px at 0.5, at a quarter of the pixels
-SMALL = TilingSpec(target_mpp=1.0, tile_size=64, min_tissue=0.5)
+SMALL = TilingSpec(target_mpp=1.0, tile_size=64)
 
 
 @pytest.fixture

@@ -38,3 +38,21 @@ def test_interrupted_write_leaves_nothing_final(tmp_path):
     # a hard kill leaves a partial; clearing it is what a resumed job does first
     assert arrays.clear_partials(tmp_path, "s") == 1
     assert not arrays.array_exists(tmp_path, "s")
+
+
+def test_writer_writes_whole_chunks_and_copies_blocks(tmp_path):
+    """Small blocks are held until a chunk is full (no re-compressing a chunk per block), and a
+    caller reusing its buffer between writes does not change what was written."""
+    data = np.random.default_rng(2).normal(size=(600, 8)).astype(np.float16)
+    buf = np.empty((64, 8), np.float16)
+    with arrays.ArrayWriter(tmp_path, "s", 600, 8, chunk_rows=256) as w:
+        chunk_files = lambda: sorted(p.name for p in (w.tmp / "c").rglob("*") if p.is_file())  # noqa: E731
+        for i in range(0, 600, 64):
+            n = min(64, 600 - i)
+            buf[:n] = data[i:i + n]
+            w.write(buf[:n])
+            buf[:] = 0  # reused by the caller
+            assert len(chunk_files()) == (i + n) // 256
+        ck = w.commit()
+    assert ck == arrays.checksum(data)
+    assert np.array_equal(arrays.read_array(tmp_path, "s"), data)

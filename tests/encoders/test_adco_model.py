@@ -37,8 +37,12 @@ def test_update_momentum_formula():
 
 def _adco(**kw):
     torch.manual_seed(0)
-    cfg = AdCoConfig(arch="resnet18", bank_size=64, proj_hidden=64, proj_dim=16, **kw)
+    cfg = AdCoConfig(arch="resnet18", bank_size=64, proj_hidden=64, proj_dim=16, **{"bn_splits": 2, **kw})
     return AdCo(cfg).train()
+
+
+def _gen(seed=7):
+    return torch.Generator().manual_seed(seed)
 
 
 def test_one_encoder_step_with_frozen_bank_lowers_encoder_loss():
@@ -47,13 +51,14 @@ def test_one_encoder_step_with_frozen_bank_lowers_encoder_loss():
     model.init_bank_step(_views(n=64, seed=9)[0])  # negatives from other tiles
 
     def loss():
-        with torch.no_grad():
-            return float(adco_loss(model.encoder_q(x1), model.encoder_k(x2), model.bank.negatives(), 0.12)[0])
+        with torch.no_grad():  # the keys the step computes: same shuffle (same generator seed)
+            k = model.shuffled_keys(x2, _gen())
+            return float(adco_loss(model.encoder_q(x1), k, model.bank.negatives(), 0.12)[0])
 
     W0 = model.bank.W.clone()
     before = loss()
     opt = torch.optim.SGD(model.encoder_parameters(), lr=0.001, momentum=0.9)  # HistCode's lr
-    out = model.training_step(x1, x2, opt)
+    out = model.training_step(x1, x2, opt, generator=_gen())
     assert abs(float(out["loss"]) - before) < 1e-4  # the step reports the pre-update loss
     assert loss() < before
     assert torch.equal(model.bank.W, W0)
@@ -66,17 +71,29 @@ def test_training_step_order_sgd_then_ema_then_bank_with_same_q():
     opt = torch.optim.SGD(model.encoder_parameters(), lr=0.1)
     with torch.no_grad():  # what the step will see (BN in train mode: batch statistics)
         q = model.encoder_q(x1)
-        k = model.encoder_k(x2)
+        k = model.shuffled_keys(x2, _gen())
     W0 = model.bank.W.clone()
     k_params = [p.clone() for p in model.encoder_k.parameters()]
-    model.training_step(x1, x2, opt)
+    model.training_step(x1, x2, opt, generator=_gen())
     # EMA after the SGD step: k = 0.5 k_old + 0.5 q_new
     for pk, pk0, pq in zip(model.encoder_k.parameters(), k_params, model.encoder_q.parameters()):
         torch.testing.assert_close(pk, 0.5 * pk0 + 0.5 * pq)
-    # bank ascent with this step's (pre-update) q and its key similarities
-    g = closed_form_grad(q, W0, model.config.t_mem, q @ k.T)
+    # bank ascent with this step's (pre-update) q and its own-key similarity (the paper's row)
+    g = closed_form_grad(q, W0, model.config.t_mem, (q * k).sum(1, keepdim=True))
     expected = W0 - model.config.lr_mem * (g + model.config.mem_wd * W0)
     torch.testing.assert_close(model.bank.W, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_in_batch_negatives_option_puts_every_key_in_the_row():
+    model = _adco(in_batch_negatives=True, key_momentum=1.0, lr_mem=0.0, mem_wd=0.0)
+    x1, x2 = _views(seed=5)
+    model.init_bank_step(x2)
+    with torch.no_grad():
+        q, k = model.encoder_q(x1), model.shuffled_keys(x2, _gen())
+        expected, logits, targets = adco_loss(q, k, model.bank.negatives(), 0.12, all_keys=k)
+    assert logits.shape == (8, 8 + 64) and targets.tolist() == list(range(8))
+    out = model.training_step(x1, x2, torch.optim.SGD(model.encoder_parameters(), lr=0.0), generator=_gen())
+    assert abs(float(out["loss"]) - float(expected)) < 1e-4
 
 
 def test_init_bank_fills_with_key_embeddings():
@@ -94,7 +111,7 @@ def test_symmetric_step_reports_metrics():
     x1, x2 = _views(seed=2)
     model.init_bank_step(x2)
     opt = torch.optim.SGD(model.encoder_parameters(), lr=0.01)
-    out = model.training_step(x1, x2, opt)
+    out = model.training_step(x1, x2, opt, generator=_gen())
     assert {"loss", "contrastive_acc", "bank_loss", "bank_grad_norm", "pos_sim", "bank_sim_max"} <= set(out)
     assert all(torch.isfinite(v) for v in out.values())
     assert 0 <= float(out["contrastive_acc"]) <= 1

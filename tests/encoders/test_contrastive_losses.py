@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from histstore.encoders.losses import adco_logits, adco_loss, contrastive_accuracy, nt_xent, nt_xent_targets
+from histstore.encoders.losses import adco_logits, adco_loss, contrastive_accuracy, nt_xent, nt_xent_rows, nt_xent_targets
 
 
 def _unit(*shape, seed=0, dtype=torch.float64):
@@ -16,26 +16,42 @@ def _unit(*shape, seed=0, dtype=torch.float64):
 
 @pytest.mark.parametrize("n,k,dim", [(1, 5, 8), (7, 30, 16), (16, 3, 4)])
 @pytest.mark.parametrize("t", [0.07, 0.12, 0.5])
-def test_adco_logits_shape_and_positive_column(n, k, dim, t):
+def test_adco_logits_are_the_papers_own_key_and_bank(n, k, dim, t):
     q, kk, Wn = _unit(n, dim, seed=1), _unit(n, dim, seed=2), _unit(k, dim, seed=3).T
     logits = adco_logits(q, kk, Wn, t)
-    assert logits.shape == (n, n + k)
-    # column j < n is q . k_j / t; the positive of row i is column i; bank columns follow
-    torch.testing.assert_close(logits[:, :n], q @ kk.T / t)
-    torch.testing.assert_close(logits.diagonal()[:n], (q * kk).sum(1) / t)
-    torch.testing.assert_close(logits[:, n:], q @ Wn / t)
-    loss, _ = adco_loss(q, kk, Wn, t)
-    ref = sum(-torch.log_softmax(logits[i], 0)[i] for i in range(n)) / n
+    # row i: [q_i . k_i, q_i . Wn] / t; no other image's key is in the row; positive column 0
+    assert logits.shape == (n, 1 + k)
+    torch.testing.assert_close(logits[:, 0], (q * kk).sum(1) / t)
+    torch.testing.assert_close(logits[:, 1:], q @ Wn / t)
+    loss, _, targets = adco_loss(q, kk, Wn, t)
+    assert torch.equal(targets, torch.zeros(n, dtype=torch.long))
+    ref = sum(-torch.log(torch.exp(q[i] @ kk[i] / t) / (torch.exp(q[i] @ kk[i] / t) + torch.exp(q[i] @ Wn / t).sum()))
+              for i in range(n)) / n
+    torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+def test_adco_in_batch_layout_is_the_official_codes_with_global_labels(offset):
+    n, m, k, dim, t = 4, 10, 6, 8, 0.12
+    q, Wn = _unit(n, dim, seed=1), _unit(k, dim, seed=3).T
+    all_keys = _unit(m, dim, seed=2)  # the global batch's keys; this rank's are rows offset..
+    own = all_keys[offset:offset + n]
+    loss, logits, targets = adco_loss(q, own, Wn, t, all_keys=all_keys, offset=offset)
+    assert logits.shape == (n, m + k)
+    torch.testing.assert_close(logits[:, :m], q @ all_keys.T / t)
+    assert targets.tolist() == list(range(offset, offset + n))
+    torch.testing.assert_close(logits[torch.arange(n), targets], (q * own).sum(1) / t)
+    ref = sum(-torch.log_softmax(logits[i], 0)[offset + i] for i in range(n)) / n
     torch.testing.assert_close(loss, ref)
 
 
 def test_adco_loss_perfect_alignment_gives_accuracy_one():
     q = torch.eye(4, dtype=torch.float64)
     Wn = -torch.eye(4, dtype=torch.float64)  # bank points away from every query
-    loss, logits = adco_loss(q, q.clone(), Wn, 0.1)
-    assert contrastive_accuracy(logits) == 1.0
-    # closed form: row = [1/t, 0, 0, 0 | -1/t, 0, 0, 0] (permuted): CE = log(1 + 6 e^{-10} + e^{-20})
-    assert math.isclose(float(loss), math.log(1 + 6 * math.exp(-10) + math.exp(-20)), rel_tol=1e-9)
+    loss, logits, targets = adco_loss(q, q.clone(), Wn, 0.1)
+    assert contrastive_accuracy(logits, targets) == 1.0
+    # closed form: row = [1/t | -1/t, 0, 0, 0] (permuted): CE = log(1 + 3 e^{-10} + e^{-20})
+    assert math.isclose(float(loss), math.log(1 + 3 * math.exp(-10) + math.exp(-20)), rel_tol=1e-9)
 
 
 def test_adco_loss_gradient_flows_to_queries_only():
@@ -85,6 +101,18 @@ def test_nt_xent_targets_point_at_other_view():
     assert contrastive_accuracy(logits, nt_xent_targets(n)) == 1.0
 
 
+def test_nt_xent_rows_of_the_whole_batch_is_nt_xent_and_shares_average_to_it():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    full, _ = nt_xent(z1, z2, 0.2)
+    whole, logits, targets = nt_xent_rows(z1, z2, 0, 6, 0.2)
+    torch.testing.assert_close(whole, full)
+    assert targets.tolist() == list(range(6, 12)) + list(range(6))  # the other view of each image
+    assert torch.isinf(logits[torch.arange(12), torch.arange(12)]).all()  # no row meets itself
+    halves = [nt_xent_rows(z1, z2, o, 3, 0.2)[0] for o in (0, 3)]  # two ranks' shares
+    torch.testing.assert_close(sum(halves) / 2, full)
+
+
 @pytest.mark.parametrize("t", [0.0, -0.1])
 def test_temperatures_validated(t):
     z = torch.ones(2, 3)
@@ -97,6 +125,6 @@ def test_temperatures_validated(t):
 def test_losses_are_fp32_under_bf16_autocast():
     q = _unit(8, 16, seed=7, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logits = adco_loss(q.bfloat16(), q.bfloat16(), q.T.bfloat16(), 0.12)
+        loss, logits, _ = adco_loss(q.bfloat16(), q.bfloat16(), q.T.bfloat16(), 0.12)
         l2, _ = nt_xent(q.bfloat16(), q.bfloat16(), 0.2)
     assert loss.dtype == logits.dtype == l2.dtype == torch.float32

@@ -77,3 +77,21 @@ def test_subsampled_fit_on_large_tiles_matches_full_fit():
     full = macenko_normalize(tile, max_fit_pixels=128 * 128).float()
     sub = macenko_normalize(tile, max_fit_pixels=4096).float()
     assert (full - sub).abs().mean() < 2
+
+
+@pytest.mark.parametrize("size, kw", [(128, {}), (64, {}), (128, {"max_fit_pixels": 128 * 128}),
+                                      (100, {"alpha": 5.0}), (16, {"min_tissue_pixels": 1, "min_tissue_fraction": 0.0})])
+def test_fast_formulation_equals_the_plain_one(size, kw):
+    """The table lookup, topk percentiles and in-place re-rendering change no value."""
+    from tests.encoders.macenko_reference import plain_macenko
+
+    g = torch.Generator().manual_seed(size)
+    he_like = [render(concentrations(size, s), perturbed_stains(s), seed=s) for s in range(6)]
+    tiles = torch.cat([torch.from_numpy(np.stack(he_like)),
+                       torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8, generator=g),
+                       torch.full((1, size, size, 3), 255, dtype=torch.uint8),  # blank: identity
+                       torch.full((1, size, size, 3), 128, dtype=torch.uint8)])  # degenerate: identity
+    out, ok = macenko_normalize(tiles, return_mask=True, **kw)
+    ref, ref_ok = plain_macenko(tiles, return_mask=True, **kw)
+    assert torch.equal(ok, ref_ok) and ok[:6].all() and not ok[-2:].any()
+    assert torch.equal(out, ref)

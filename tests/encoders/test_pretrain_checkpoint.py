@@ -53,7 +53,7 @@ BANK = 16
 
 def _model():
     torch.manual_seed(0)
-    return AdCo(AdCoConfig(arch="resnet18", bank_size=BANK, proj_hidden=32, proj_dim=16))
+    return AdCo(AdCoConfig(arch="resnet18", bank_size=BANK, proj_hidden=32, proj_dim=16, bn_splits=2))
 
 
 CFG = PretrainConfig(steps=5, lr=0.01, warmup_steps=1, amp="off", checkpoint_every=2, seed=3)
@@ -142,7 +142,7 @@ def test_refuses_to_overwrite_or_resume_mismatched(tmp_path, full_run):
     with pytest.raises(InvalidInput, match="lr"):
         pretrain_loop(_model(), batches, other, device="cpu", checkpoint_path=path, resume=True)
     with pytest.raises(InvalidInput, match="bank_size"):
-        m = AdCo(AdCoConfig(arch="resnet18", bank_size=8, proj_hidden=32, proj_dim=16))
+        m = AdCo(AdCoConfig(arch="resnet18", bank_size=8, proj_hidden=32, proj_dim=16, bn_splits=2))
         pretrain_loop(m, batches, CFG, device="cpu", checkpoint_path=path, resume=True)
     with pytest.raises(InvalidInput, match="no checkpoint"):
         pretrain_loop(_model(), batches, CFG, device="cpu", checkpoint_path=tmp_path / "none.ckpt", resume=True)

@@ -65,7 +65,7 @@ def test_failures_are_isolated(store, synth6, tmp_path, cli):
     manifest = tmp_path / "m.csv"
     good = synth6.slides[0].path
     manifest.write_text(f"path,slide_id\n{good},good1\n{tmp_path / 'missing.svs'},missing1\n{corrupt},corrupt1\n")
-    r = cli("ingest", manifest)
+    r = cli("ingest", manifest, "--case-id", "slide")
     assert r.exit_code != 0
     assert "1 ingested" in r.output and "2 failed" in r.output
     assert "Traceback" not in r.output
@@ -95,7 +95,7 @@ def test_changed_file_is_reported_not_overwritten(store, synth6, tmp_path):
     work = tmp_path / "slide.tiff"
     shutil.copy(a, work)
     m = tmp_path / "m.csv"
-    m.write_text(f"path,slide_id\n{work},s1\n")
+    m.write_text(f"path,slide_id,case_id\n{work},s1,p1\n")
     ingest(store, m, SPEC, workers=1, show_progress=False)
     before = _snapshot(store)
     shutil.copy(b, work)  # a different scan under the same slide_id
@@ -131,16 +131,26 @@ def test_interrupted_ingest_leaves_no_half_slide_and_resumes(store, synth6, monk
 
 
 def test_real_slide(store, real_slide, cli):
-    r = cli("ingest", real_slide, "--cohort", "real")
+    r = cli("ingest", real_slide, "--cohort", "real", "--case-id", "slide")
     assert r.exit_code == 0, r.output
     (sid, mpp, obj, vendor, w, h), = _table(store, "SELECT slide_id, mpp, objective_power, vendor, width, height FROM slides")
     assert sid == "cmu_small_region" and mpp == pytest.approx(0.499) and obj == 20
     assert vendor == "aperio" and (w, h) == (2220, 2967)
-    (n_tiles, area_mm2, size_l0), = _table(store, "SELECT n_tiles, tissue_area_mm2, size_l0 FROM tilings")
+    (n_tiles, area_mm2, size_l0, min_tissue, settings), = _table(
+        store, "SELECT n_tiles, tissue_area_mm2, size_l0, min_tissue, settings FROM tilings")
     tile_mm2 = (size_l0 * 0.499 / 1000) ** 2
-    # tiles need >= 50% tissue, so their total area is close to (a bit under) the tissue area
-    assert 0.5 * area_mm2 <= n_tiles * tile_mm2 <= 1.3 * area_mm2
+    # the default (CLAM's rule) keeps tiles touching the tissue: they cover a bit more than it
+    assert 1.0 * area_mm2 <= n_tiles * tile_mm2 <= 1.5 * area_mm2
     assert 50 < n_tiles < (w // size_l0) * (h // size_l0)
+    assert min_tissue is None and settings["tile_rule"] == "clam-four-pt" and "min_tissue" not in settings
+    assert "clam-four-pt" in r.output
+    # the old rule, asked for, is a second tiling of the same slide with fewer tiles (the slide
+    # keeps the case it was catalogued with: no --case-id needed again)
+    assert "--min-tissue goes with --tile-rule min-tissue" in cli("ingest", real_slide, "--min-tissue", "0.5").output
+    r = cli("ingest", real_slide, "--tile-rule", "min-tissue", "--min-tissue", "0.5")
+    assert r.exit_code == 0 and "min tissue 0.5" in r.output and "1 ingested" in r.output, r.output
+    rows = _table(store, "SELECT min_tissue, n_tiles FROM tilings ORDER BY tiling_id")
+    assert rows[0] == (None, n_tiles) and rows[1][0] == 0.5 and rows[1][1] < n_tiles
 
 
 def test_unknown_mpp_needs_assume_mpp(store, tmp_path, cli):
@@ -150,9 +160,9 @@ def test_unknown_mpp_needs_assume_mpp(store, tmp_path, cli):
     tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="jpeg")
     m = tmp_path / "m.csv"
     m.write_text(f"path\n{path}\n")
-    r = cli("ingest", m)
+    r = cli("ingest", m, "--case-id", "slide")
     assert r.exit_code != 0 and "--assume-mpp" in r.output
-    r = cli("ingest", m, "--assume-mpp", "0.5")
+    r = cli("ingest", m, "--assume-mpp", "0.5", "--case-id", "slide")
     assert r.exit_code == 0, r.output
     assert _table(store, "SELECT status, mpp, mpp_source FROM slides") == [("ingested", 0.5, "assumed")]
 
@@ -172,6 +182,7 @@ def test_gdc_sample_sheet_and_folder(store, synth6, tmp_path):
     assert _table(store, "SELECT slide_id, case_id, sample_type FROM slides") == [
         ("TCGA-AB-1234-11A-01-TS1", "TCGA-AB-1234", "Solid Tissue Normal")]
     assert _table(store, "SELECT project FROM cases") == [("TCGA-LUAD",)]
+    assert _table(store, "SELECT case_id_source FROM slides") == [("gdc",)]
     rep = ingest(store, tmp_path / "gdc", SPEC, workers=1, show_progress=False)  # folder scan
     assert rep.count("skipped") == 1
 
@@ -181,3 +192,42 @@ def test_bad_options(store, synth6):
         ingest(store, synth6.manifest, SPEC, cohort="1bad name")
     with pytest.raises(InvalidInput):
         TilingSpec(tile_size=0)
+
+
+def _blocks(synth6, tmp_path):
+    """The issue's case: two blocks of one patient, non-TCGA names, a manifest with paths only."""
+    for name, s in (("patientA_block1.tiff", synth6.slides[0]), ("patientA_block2.tiff", synth6.slides[1])):
+        shutil.copy(s.path, tmp_path / name)
+    m = tmp_path / "m.csv"
+    m.write_text("path\npatientA_block1.tiff\npatientA_block2.tiff\n")
+    return m
+
+
+def test_slides_without_case_ids_are_refused_unless_said(store, synth6, tmp_path, cli):
+    m = _blocks(synth6, tmp_path)
+    before = _snapshot(store)
+    r = cli("ingest", m, "--mpp", "1", "--tile-size", "64")
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
+    assert "no case id" in r.output and "leakage" in r.output and "line 2, line 3" in r.output
+    assert "--case-id slide" in r.output
+    assert _snapshot(store) == before
+    r = cli("ingest", m, "--mpp", "1", "--tile-size", "64", "--case-id", "slide")
+    assert r.exit_code == 0, r.output
+    assert _table(store, "SELECT slide_id, case_id, case_id_source FROM slides ORDER BY 1") == [
+        ("patientA_block1", "patientA_block1", "slide"), ("patientA_block2", "patientA_block2", "slide")]
+
+
+def test_case_id_sources(synth6, tmp_path):
+    from histstore.sources import read_source
+
+    a, b = synth6.slides[0].path, synth6.slides[1].path
+    m = tmp_path / "m.csv"
+    m.write_text(f"path,slide_id,case_id\n{a},blockA1,patientA\n{b},blockA2,patientA\n")
+    assert [(s.case_id, s.case_id_source) for s in read_source(m)] == [("patientA", "manifest")] * 2
+    m.write_text(f"path,slide_id\n{a},TCGA-AB-1234-01Z-00-DX1\n{b},TCGA-AB-1234-11Z-00-DX1\n")
+    assert [(s.case_id, s.case_id_source) for s in read_source(m)] == [("TCGA-AB-1234", "tcga-barcode")] * 2
+    # mixed: case ids for some rows, none (and no barcode) for others - refused, even with --case-id slide
+    m.write_text(f"path,slide_id,case_id\n{a},blockA1,patientA\n{b},blockA2,\n")
+    for mode in (None, "slide"):
+        with pytest.raises(InvalidInput, match=r"1 slide\(s\) have no case id while others have one \(line 3\)"):
+            read_source(m, mode)

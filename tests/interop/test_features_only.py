@@ -66,6 +66,9 @@ def test_features_only_cohort_trains_and_exports(features_only, tmp_path, run_cl
     csv = pd.read_csv(tmp_path / "pred.csv")
     assert tuple(csv.columns) == PREDICTION_COLUMNS and len(csv) == len(df)
     assert np.allclose(csv.score.to_numpy(), df.score.to_numpy())
+    res = run_cli(store, "export", "predictions", rep.run_id, tmp_path / "pred.csv")  # exists: refused
+    assert res.exit_code == 2 and "exists" in res.output and "--force" in res.output
+    assert run_cli(store, "export", "predictions", rep.run_id, tmp_path / "pred.csv", "--force").exit_code == 0
 
     # attention: every test tile once, coordinates of the imported tiles, normalised in-slide score
     a = export_attention(store, rep.run_id, tmp_path / "att.parquet")

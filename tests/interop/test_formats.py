@@ -30,11 +30,11 @@ def test_pt_with_trident_patches_h5_and_npy_with_coords_npy(store, tmp_path):
     torch.save({"features": torch.from_numpy(fb), "coords": torch.from_numpy(xyb)}, pt_dir / "SLIDE-B.pt")
     assert detect_format(pt_dir) == "pt"
     rep = import_features(store, pt_dir, name="pt", cohort="ext", coords_dir=patches, patch_size=512,
-                          register_slides=True, show_progress=False)
+                          register_slides=True, case_id_mode="slide", show_progress=False)
     # SLIDE-A's file says patch_size 256 (at 20x): --patch-size 512 contradicts it
     assert [o.status for o in rep.outcomes] == ["failed", "imported"]
     assert "contradicts the file's patch_size 256" in rep.outcomes[0].message
-    rep = import_features(store, pt_dir, name="pt", cohort="ext", coords_dir=patches, register_slides=True,
+    rep = import_features(store, pt_dir, name="pt", cohort="ext", coords_dir=patches, register_slides=True, case_id_mode="slide",
                           show_progress=False)
     a = rep.outcomes[0]
     assert a.status == "imported" and rep.count("skipped") == 1
@@ -52,18 +52,18 @@ def test_pt_with_trident_patches_h5_and_npy_with_coords_npy(store, tmp_path):
     np.save(npy_dir / "SLIDE-C.npy", fc.astype(np.float16))
     np.save(npy_dir / "SLIDE-C_coords.npy", xyc)
     assert detect_format(npy_dir) == "npy"
-    rep = import_features(store, npy_dir, name="npy", cohort="ext", patch_size=512, register_slides=True,
+    rep = import_features(store, npy_dir, name="npy", cohort="ext", patch_size=512, register_slides=True, case_id_mode="slide",
                           show_progress=False)
     assert rep.ok and rep.dtype == "float16" and rep.source_format == "npy"
     assert np.array_equal(arrays.read_array(store.root / "embeddings.zarr" / "npy", "SLIDE-C"), fc.astype(np.float16))
     # no coords beside a .npy: that file fails with where it looked
     np.save(npy_dir / "SLIDE-D.npy", fc)
-    rep = import_features(store, npy_dir, name="npy", cohort="ext", patch_size=512, register_slides=True,
+    rep = import_features(store, npy_dir, name="npy", cohort="ext", patch_size=512, register_slides=True, case_id_mode="slide",
                           show_progress=False)
     assert rep.failures[0].message.startswith("no coords found (looked for SLIDE-D_coords.npy")
-    # registered slides: no pixels, TCGA-less ids are their own case
-    rows = q(store, "SELECT slide_id, case_id, path, status FROM slides ORDER BY 1")
-    assert rows == [(s, s, None, "registered") for s in ("SLIDE-A", "SLIDE-B", "SLIDE-C")]
+    # registered slides: no pixels, TCGA-less ids are their own case (--case-id slide, recorded)
+    rows = q(store, "SELECT slide_id, case_id, path, status, case_id_source FROM slides ORDER BY 1")
+    assert rows == [(s, s, None, "registered", "slide") for s in ("SLIDE-A", "SLIDE-B", "SLIDE-C")]
 
 
 def test_checks_are_pure_and_exact():

@@ -22,6 +22,9 @@ def test_export_import_round_trip_is_lossless(embedded, tmp_path, run_cli):
         assert f["coords"].attrs["patch_size_level0"] == 128
         assert f.attrs["histstore_embedding_set_id"] == 1 and f.attrs["histstore_slide_id"] == S1
     n_tilings = q(embedded, "SELECT count(*) FROM tilings")[0][0]
+    res = run_cli(embedded, "features", "export", "1", out)  # files there: refused, then --force
+    assert res.exit_code == 2 and "20 files exist" in res.output and "--force" in res.output
+    assert run_cli(embedded, "features", "export", "1", out, "--force").exit_code == 0
 
     rep = import_features(embedded, out, name="rt", cohort="rt", show_progress=False)
     assert rep.ok and rep.count("imported") == 20 and rep.created

@@ -38,7 +38,7 @@ def test_membership_is_a_snapshot(catalog):
 
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(sql="SELECT slide_id FROM slides WHERE false"), EmptyCohort, "would be empty"),
-    (dict(sql="DELETE FROM slides"), Exception, "cohort query failed"),
+    (dict(sql="DELETE FROM slides"), Exception, "exactly one SELECT statement; found DELETE"),
     (dict(sql="SELECT case_id FROM cases"), Exception, "slide_id"),
     (dict(), InvalidInput, "exactly one"),
     (dict(from_cohort="nope"), Exception, "no cohort 'nope'"),
@@ -72,3 +72,24 @@ def test_show_reports_balance_and_single_class(catalog, cli, tmp_path):
     assert "tumor" in r.output and "single class" in r.output
     rep = show_cohort(catalog, "tum")
     assert rep.label_balance.to_pylist() == [{"task": "tumor", "value": "tumor", "n_slides": 4, "n_cases": 4}]
+
+
+@pytest.mark.parametrize("args", [
+    # issue 13: the user's SQL ran inside the write transaction, only wrapped in a SELECT
+    ["--sql", "select slide_id from slides); DELETE FROM labels; SELECT slide_id FROM (select slide_id from slides"],
+    ["--sql", "SELECT slide_id FROM slides; DELETE FROM labels"],
+    ["--sql", "UPDATE labels SET value = 'x' RETURNING slide_id"],
+    ["--sql", "SELECT slide_id FROM read_csv('/etc/passwd')"],
+    ["--from", "all", "--where", "true) OR (true); DELETE FROM labels; SELECT 1 WHERE (true"],
+    ["--from", "all", "--where", "slide_id IN (SELECT slide_id FROM labels); COPY labels TO '/tmp/x.csv'"],
+])
+def test_cohort_sql_cannot_change_the_catalog(catalog, cli, args):
+    with catalog.write() as conn:
+        conn.exec_driver_sql("INSERT INTO labels (task, level, slide_id, value) "
+                             "SELECT 'tumor', 'slide', slide_id, 'tumor' FROM slides")
+    assert cli("cohort", "create", "all", "--sql", "SELECT slide_id FROM slides").exit_code == 0
+    before = snapshot(catalog)
+    r = cli("cohort", "create", "evil", *args)
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "Traceback" not in r.output
+    assert snapshot(catalog) == before  # labels intact, no cohort 'evil'

@@ -16,6 +16,7 @@ from histstore.mil.bags import pack_bags
 from histstore.mil.metrics import aggregate
 from histstore.mil.models import build_model_from_spec, model_names
 from histstore.mil.splits import make_splits
+from histstore.mil.standardize import StandardizedBags
 from histstore.mil.cross_validation import run_cv
 from histstore.mil.evaluation import evaluate
 from histstore.mil.train_config import TrainConfig
@@ -144,10 +145,11 @@ def test_selected_epoch_is_best_on_validation_and_its_weights_are_returned(cohor
     assert len(r.history) == 10
     assert r.best_epoch == 1 + int(np.argmin(val_losses))
     assert sum(h.improved for h in r.history) >= 1 and r.history[r.best_epoch - 1].improved
-    # the returned weights reproduce the selected epoch's validation loss
+    # the returned weights (on features standardised with the fold's training statistics)
+    # reproduce the selected epoch's validation loss
     model = build_model_from_spec(r.model_spec)
     model.load_state_dict(r.model_state)
-    packed = pack_bags(cohort.bags)
+    packed = StandardizedBags(pack_bags(cohort.bags), r.feature_stats)
     ev = evaluate(model, packed, r.val_idx)
     loss = bag_losses(ev.logits, None, 0.0, torch.as_tensor(cohort.targets[r.val_idx]),
                       "classification").mean().item()
@@ -176,6 +178,15 @@ def test_no_validation_keeps_last_epoch(cohort, split):
                    TrainConfig(epochs=3, model_cfg=SMALL, **FAST), seed=0)
     assert r.best_epoch == 3 and any("no validation" in n for n in r.notes)
     assert all(math.isnan(h.val_loss) for h in r.history)
+
+
+def test_select_last_is_a_fixed_schedule(cohort, split):
+    """select_on='last': every epoch runs (patience cannot stop it) and the last is kept;
+    validation is still evaluated and reported."""
+    r = train_fold(cohort.bags, cohort.targets, *split,
+                   TrainConfig(epochs=4, patience=1, select_on="last", model_cfg=SMALL, **{"lr": 1e-3}), seed=0)
+    assert len(r.history) == 4 and r.best_epoch == 4 and all(h.improved for h in r.history)
+    assert all(not math.isnan(h.val_loss) for h in r.history)
 
 
 def test_class_weights_act_per_bag():

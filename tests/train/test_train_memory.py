@@ -57,7 +57,7 @@ def test_budget_too_small_for_a_bag_is_refused_in_one_line(embedded, cli):
     r = CliRunner().invoke(main, ["--store", str(embedded.root), "train", "--cohort", "syn20", "--task",
                                   "de", "--genes", "TP53,MYC", "--memory-budget", "1kB"])
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and sid in r.output
-    assert _q(embedded, "SELECT count(*) FROM runs") == [(0,)]
+    assert _q(embedded, "SELECT count(*) FROM runs WHERE kind = 'train'") == [(0,)]
 
 
 @pytest.mark.parametrize("budget", [None, "2MB"])

@@ -47,10 +47,10 @@ def web(tmp_path_factory, synth6, real_slide, viewer_dir) -> WebStore:
     store, _ = Store.init(root)
     spec = TilingSpec(target_mpp=1.0, tile_size=64)
     ingest(store, synth6.manifest, spec, cohort="syn6", workers=1, show_progress=False)
-    ingest(store, real_slide, spec, cohort="real", workers=1, show_progress=False)
+    ingest(store, real_slide, spec, cohort="real", workers=1, show_progress=False, case_id_mode="slide")
     bad = root.parent / "broken.svs"
     bad.write_bytes(b"not a slide at all" * 100)
-    ingest(store, bad, spec, workers=1, show_progress=False)
+    ingest(store, bad, spec, workers=1, show_progress=False, case_id_mode="slide")
     import_labels(store, synth6.labels, "tumor")
     truth = synth6.truth()
     slides = sorted(truth["slides"])

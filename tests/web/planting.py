@@ -86,4 +86,4 @@ def plant_gene_run(store: Store, truth: dict, slide_ids: list[str], cohort: str)
 def plant_running_job(store: Store, cohort: str) -> int:
     with store.write() as conn:
         return int(create_run(conn, kind="train", settings={"task": "tumor"}, seed=0, cohort=cohort, task="tumor",
-                              model="mean"))
+                              model="mean", progress_total=5, progress_unit="folds"))

@@ -161,7 +161,10 @@ def test_running_jobs_are_listed(client, web):
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     jobs = {j["run_id"]: j for j in r.json()["jobs"]}
     assert set(jobs) == {web.running}
-    assert jobs[web.running]["kind"] == "train"
+    job = jobs[web.running]
+    assert job["kind"] == "train"
+    # planted by this (live) process with 0 of 5 folds done
+    assert job["state"] == "running" and job["progress"] == "0/5 folds" and job["fraction"] == 0.0
 
 
 def test_qc_thumbnail_and_artifact_files(client, web):

@@ -24,27 +24,47 @@ from .conftest import coordinate_pattern, gradient_pattern, write_pyramid
 # -- TilingSpec -----------------------------------------------------------------------------
 def test_spec_defaults_follow_histcode():
     s = TilingSpec()
-    assert (s.target_mpp, s.tile_size, s.overlap, s.min_tissue, s.tissue_method) == (
-        0.5, 128, 0, 0.5, "hsv-otsu")
-    assert s.stride == 128 and s.label == "128px@0.5mpp"
+    assert (s.target_mpp, s.tile_size, s.overlap, s.tile_rule, s.min_tissue, s.tissue_method) == (
+        0.5, 128, 0, "clam-four-pt", None, "hsv-otsu")
+    assert s.stride == 128 and s.label == "128px@0.5mpp" and s.rule_label == "clam-four-pt"
     assert TilingSpec(overlap=16).label == "128px@0.5mpp-ov16"
+    m = TilingSpec(tile_rule="min-tissue")
+    assert m.min_tissue == 0.5 and m.rule_label == "min tissue 0.5"
 
 
 def test_spec_roundtrip_and_normalised_types():
-    s = TilingSpec(target_mpp=1, tile_size=np.int64(64), overlap=8, min_tissue=1)
+    s = TilingSpec(target_mpp=1, tile_size=np.int64(64), overlap=8, min_tissue=1, tile_rule="min-tissue")
     d = s.to_dict()
+    # the min-tissue rule is recorded as before tile rules existed: old tilings keep their key
     assert d == {"target_mpp": 1.0, "tile_size": 64, "overlap": 8, "min_tissue": 1.0,
                  "tissue_method": "hsv-otsu"}
     assert type(d["tile_size"]) is int and type(d["target_mpp"]) is float
     assert TilingSpec.from_dict(d) == s and hash(TilingSpec.from_dict(d)) == hash(s)
-    assert TilingSpec.from_dict({}) == TilingSpec()
+    assert TilingSpec.from_dict({}) == TilingSpec(tile_rule="min-tissue")
+    c = TilingSpec(target_mpp=1, tile_size=64)
+    assert c.to_dict() == {"target_mpp": 1.0, "tile_size": 64, "overlap": 0, "tissue_method": "hsv-otsu",
+                           "tile_rule": "clam-four-pt"}
+    assert TilingSpec.from_dict(c.to_dict()) == c
+
+
+def test_settings_keys_old_tilings_keep_theirs():
+    """A tiling made before tile rules existed (min tissue 0.5) has the same key as
+    `--tile-rule min-tissue` now; the new default has another."""
+    from histstore.ingest import tiling_key
+    from histstore.keys import settings_key
+
+    old = {"target_mpp": 0.5, "tile_size": 128, "overlap": 0, "min_tissue": 0.5, "tissue_method": "hsv-otsu"}
+    assert tiling_key(TilingSpec(tile_rule="min-tissue")) == settings_key(old)
+    assert tiling_key(TilingSpec()) != settings_key(old)
 
 
 @pytest.mark.parametrize("kwargs", [
     dict(tile_size=0), dict(tile_size=4), dict(tile_size=128.0), dict(tile_size=True),
     dict(target_mpp=0), dict(target_mpp=-0.5), dict(target_mpp=float("nan")), dict(target_mpp="0.5"),
-    dict(overlap=-1), dict(overlap=128), dict(min_tissue=1.5), dict(min_tissue=-0.1),
-    dict(tissue_method="magic"),
+    dict(overlap=-1), dict(overlap=128), dict(min_tissue=1.5, tile_rule="min-tissue"),
+    dict(min_tissue=-0.1, tile_rule="min-tissue"), dict(min_tissue="a", tile_rule="min-tissue"),
+    dict(tissue_method="magic"), dict(tile_rule="four_pt"),
+    dict(min_tissue=0.5),  # min_tissue goes with the min-tissue rule only
 ])
 def test_spec_validation(kwargs):
     with pytest.raises(InvalidInput):
@@ -110,7 +130,7 @@ def test_geometry_requires_mpp():
 def test_grid_geometry(slide_mpp, downsamples, target, tile, overlap):
     W, H = 5000, 3700
     geo = SlideGeometry(W, H, downsamples, slide_mpp)
-    spec = TilingSpec(target_mpp=target, tile_size=tile, overlap=overlap, min_tissue=0.0)
+    spec = TilingSpec(target_mpp=target, tile_size=tile, overlap=overlap)
     if slide_mpp > target * 1.1:
         with pytest.raises(SlideReadError):
             plan_tiles(geo, None, spec)
@@ -147,13 +167,13 @@ def test_grid_geometry(slide_mpp, downsamples, target, tile, overlap):
 
 
 def test_slide_smaller_than_a_tile_has_no_tiles():
-    g = plan_tiles(SlideGeometry(100, 500, (1.0,), 0.5), None, TilingSpec(min_tissue=0))
+    g = plan_tiles(SlideGeometry(100, 500, (1.0,), 0.5), None, TilingSpec())
     assert len(g) == 0 and g.x.dtype == np.int64
 
 
 def test_plan_tiles_accepts_a_reader(synth6):
     with open_slide(synth6.slides[0].path) as r:
-        g = plan_tiles(r, None, TilingSpec(min_tissue=0))
+        g = plan_tiles(r, None, TilingSpec())
     w, h = synth6.slides[0].width, synth6.slides[0].height
     assert len(g) == (w // 128) * (h // 128)
 
@@ -192,15 +212,15 @@ def test_min_tissue_filters_by_mask():
     mask[:, :24] = True  # tissue on x < 384 (scale 16)
     tm = TissueMask(mask, 16.0, (W, H), threshold=0.0)
     geo = SlideGeometry(W, H, (1.0,), 0.5)
-    g = plan_tiles(geo, tm, TilingSpec(tile_size=128, min_tissue=0.5))
+    g = plan_tiles(geo, tm, TilingSpec(tile_size=128, min_tissue=0.5, tile_rule="min-tissue"))
     assert set(np.unique(g.x)) == {0, 128, 256}  # tile 256..384 fully tissue
     assert np.allclose(g.tissue_fraction, 1.0)
-    g = plan_tiles(geo, tm, TilingSpec(tile_size=256, min_tissue=0.5))
+    g = plan_tiles(geo, tm, TilingSpec(tile_size=256, min_tissue=0.5, tile_rule="min-tissue"))
     assert set(np.unique(g.x)) == {0, 256}  # [256, 512) is exactly half tissue: kept
     assert np.allclose(sorted(set(g.tissue_fraction.round(6))), [0.5, 1.0])
-    g = plan_tiles(geo, tm, TilingSpec(tile_size=256, min_tissue=0.51))
+    g = plan_tiles(geo, tm, TilingSpec(tile_size=256, min_tissue=0.51, tile_rule="min-tissue"))
     assert set(np.unique(g.x)) == {0}
-    g = plan_tiles(geo, tm, TilingSpec(tile_size=128, min_tissue=0.0))
+    g = plan_tiles(geo, tm, TilingSpec(tile_size=128, min_tissue=0.0, tile_rule="min-tissue"))
     assert len(g) == 64 and g.tissue_fraction.dtype == np.float32
 
 
@@ -208,7 +228,7 @@ def test_min_tissue_filters_by_mask():
 def test_level0_coordinates_reread_exact_pixels(tmp_path):
     img = coordinate_pattern(1500, 1100)
     path = write_pyramid(tmp_path / "coords.tiff", img, mpp=0.5, downsamples=(1, 4))
-    spec = TilingSpec(target_mpp=0.5, tile_size=96, overlap=20, min_tissue=0)
+    spec = TilingSpec(target_mpp=0.5, tile_size=96, overlap=20)
     with open_slide(path) as r:
         g = plan_tiles(r, None, spec)
         assert g.read_level == 0 and g.read_size == 96 and g.stride_l0 == 76
@@ -232,7 +252,7 @@ def test_tiles_at_other_resolutions_show_the_right_place(tmp_path, target, tile,
     img = gradient_pattern(W, H)
     path = write_pyramid(tmp_path / "ramp.tiff", img, mpp=0.25, downsamples=(1, 4))
     with open_slide(path) as r:
-        g = plan_tiles(r, None, TilingSpec(target_mpp=target, tile_size=tile, min_tissue=0))
+        g = plan_tiles(r, None, TilingSpec(target_mpp=target, tile_size=tile))
         assert (g.read_level, g.read_size) == (level, read_size)
         assert g.size_l0 == round(tile * target / 0.25)
         rng = np.random.default_rng(0)

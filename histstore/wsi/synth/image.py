@@ -7,22 +7,36 @@ of tumour-like texture: nuclei denser, larger, darker and irregular in shape, wi
 Colour is made by Beer-Lambert mixing of two stain optical densities, so it looks stained
 rather than painted.
 
+Difficulty controls (defaults: today's look): `contrast` moves tumour morphology from that of
+stroma (0: a planted region looks like any other tissue) to the full tumour texture (1); a
+`SiteStain` gives the slide its site's stain vectors, intensities and scanner blur; gene
+subregions (`gene_regions`, with their `marks`) change the tumour's look inside them.
+
 Rendering is deterministic in level-0 coordinates (noise from hashed lattices, nuclei from
 per-block generators), so a slide looks the same however it is cut into strips.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
-# Stain optical densities per unit concentration (R, G, B), tuned to look like the
-# CMU sample slide: stroma about (205, 140, 180), nuclei about (60, 35, 90).
-_OD_HEMATOXYLIN = np.array([0.95, 1.25, 0.62], np.float32)
-_OD_EOSIN = np.array([0.3, 1.0, 0.5], np.float32)
-_OD_GLASS = np.array([0.045, 0.05, 0.055], np.float32)
+from histstore.wsi.synth.marks import GeneMark
+from histstore.wsi.synth.stain import OD_GLASS as _OD_GLASS
+from histstore.wsi.synth.stain import SiteStain
+
 _BACKGROUND = np.round(255 * np.exp(-_OD_GLASS)).astype(np.uint8)
+_REFERENCE_STAIN = SiteStain("SY")
+# stromal nuclei left inside a tumour nest at full contrast: those with wobble > 1.3 (N(0, 1))
+_KEPT_Z = 1.3
+_KEPT_AT_FULL_CONTRAST = 1.0 - NormalDist().cdf(_KEPT_Z)
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """a at t = 0, b at t = 1, exactly (so contrast 1 renders as before contrast existed)."""
+    return a * (1.0 - t) + b * t
 
 _BLOCK = 256  # nuclei are drawn per block of level-0 px, each with its own generator
 _GRAIN = 512  # period of the fine texture patch
@@ -61,7 +75,7 @@ def value_noise(xs: np.ndarray, ys: np.ndarray, cell: float, seed: int) -> np.nd
 
     Lattice values are a hash of the global lattice index, so any window of the same slide
     gives the same values where windows overlap. Separable smoothstep interpolation, done as
-    two gathers (much faster than a product with a mostly-zero weight matrix).
+    two gathers.
     """
     ix, sx, ix0 = _interp_weights(np.asarray(xs, np.float64), cell)
     iy, sy, iy0 = _interp_weights(np.asarray(ys, np.float64), cell)
@@ -101,10 +115,40 @@ class SlideModel:
     tumor_radius_um: float = 4.6
     tumor_density: float = 1 / 110.0
 
+    contrast: float = 1.0  # 0: tumour looks like stroma .. 1: full tumour texture
+    stain: SiteStain = _REFERENCE_STAIN
+    gene_regions: dict[str, np.ndarray] = field(default_factory=dict)  # gene -> polygon
+    marks: dict[str, GeneMark] = field(default_factory=dict)  # gene -> its look
+
     @property
     def margin(self) -> int:
-        """Border rendered around a window so nuclei cut by its edge still draw."""
-        return int(math.ceil(2.2 * self.tumor_radius_um / self.mpp)) + 4
+        """Border rendered around a window so nuclei cut by its edge still draw (and the
+        scanner blur sees all it spreads)."""
+        grow = max([1.0] + [m.radius for g, m in self.marks.items() if g in self.gene_regions])
+        m = int(math.ceil(2.2 * self.tumor_radius_um * grow / self.mpp)) + 4
+        return max(m, int(math.ceil(4 * self.blur_px)) + 2)
+
+    @property
+    def blur_px(self) -> float:
+        return self.stain.blur_um / self.mpp
+
+    # tumour nuclei at this contrast (morphology between stroma's and tumour's)
+    @property
+    def _tumor_radius(self) -> float:
+        return _lerp(self.normal_radius_um, self.tumor_radius_um, self.contrast)
+
+    @property
+    def _tumor_density(self) -> float:
+        return _lerp(0.0, self.tumor_density, self.contrast)
+
+    @property
+    def _kept_stroma_z(self) -> float:
+        """Stromal nuclei inside a nest are kept when their wobble exceeds this: all at
+        contrast 0, ~10 % at contrast 1."""
+        if self.contrast >= 1.0:
+            return _KEPT_Z
+        kept = _lerp(1.0, _KEPT_AT_FULL_CONTRAST, self.contrast)
+        return -math.inf if kept >= 1.0 else NormalDist().inv_cdf(1.0 - kept)
 
     # -- fields -----------------------------------------------------------------------
     def tissue_field(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -152,13 +196,17 @@ class SlideModel:
         """All candidate nuclei of blocks [bx0, bx1) x [by0, by1), both populations."""
         px_per_um = 1.0 / self.mpp
         area_um2 = (_BLOCK * self.mpp) ** 2
+        c = self.contrast
+        tumor_radius, tumor_density = self._tumor_radius, self._tumor_density
+        aspect_hi = {0: 1.9, 1: _lerp(1.9, 1.5, c)}
+        dark_range = {0: (0.7, 1.0), 1: (_lerp(0.7, 1.0, c), _lerp(1.0, 1.3, c))}
         parts: list[dict[str, np.ndarray]] = []
         for by in range(by0, by1):
             for bx in range(bx0, bx1):
                 rng = np.random.default_rng((self.seed & 0xFFFFFFFF, 17, bx + 1_000_000, by + 1_000_000))
                 for kind, radius_um, density in (
                     (0, self.normal_radius_um, self.normal_density),
-                    (1, self.tumor_radius_um, self.tumor_density),
+                    (1, tumor_radius, tumor_density),
                 ):
                     if kind == 1 and not self.tumor:
                         continue
@@ -171,9 +219,9 @@ class SlideModel:
                             "x": (bx + rng.random(n)) * _BLOCK,
                             "y": (by + rng.random(n)) * _BLOCK,
                             "r": radius_um * px_per_um * rng.uniform(0.75, 1.3, n),
-                            "aspect": rng.uniform(1.0, 1.9 if kind == 0 else 1.5, n),
+                            "aspect": rng.uniform(1.0, aspect_hi[kind], n),
                             "angle": rng.uniform(0, math.pi, n),
-                            "dark": rng.uniform(0.7, 1.0, n) if kind == 0 else rng.uniform(1.0, 1.3, n),
+                            "dark": rng.uniform(*dark_range[kind], n),
                             "wobble": rng.normal(0, 1, (n, 4)),
                         }
                     )
@@ -183,9 +231,11 @@ class SlideModel:
             }
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _draw_nuclei(self, canvas: np.ndarray, X0: int, Y0: int,
-                     tissue: np.ndarray, tum: np.ndarray) -> None:
-        """Draw nuclei (value = darkness * 100) into uint8 canvas covering level-0 X0, Y0."""
+    def _draw_nuclei(self, canvas: np.ndarray, X0: int, Y0: int, tissue: np.ndarray, tum: np.ndarray,
+                     genes: dict[str, np.ndarray] | None = None) -> None:
+        """Draw nuclei (value = darkness * 100) into uint8 canvas covering level-0 X0, Y0.
+        genes: gene -> uint8 mask of its subregion in the window (tumour nuclei there take
+        the gene's mark)."""
         import cv2
 
         H, W = canvas.shape
@@ -203,7 +253,7 @@ class SlideModel:
         in_tumor = tum[r, c].astype(bool)
         kind = nuc["kind"]
         # a few stromal nuclei remain inside tumour nests
-        keep_normal = (kind == 0) & in_tissue & (~in_tumor | (nuc["wobble"][:, 3] > 1.3))
+        keep_normal = (kind == 0) & in_tissue & (~in_tumor | (nuc["wobble"][:, 3] > self._kept_stroma_z))
         keep = inside & (keep_normal | ((kind == 1) & in_tumor))
         idx = np.flatnonzero(keep)
         if idx.size == 0:
@@ -212,19 +262,30 @@ class SlideModel:
         nv = 12
         phi = np.linspace(0, 2 * math.pi, nv, endpoint=False)
         w = nuc["wobble"][idx]
-        irregular = np.where(kind == 1, 0.22, 0.06)[:, None]
+        irregular = np.where(kind == 1, _lerp(0.06, 0.22, self.contrast), 0.06)
+        rad, aspect, dark = nuc["r"][idx], nuc["aspect"][idx], nuc["dark"][idx]
+        if genes:
+            rad, aspect, dark = rad.copy(), aspect.copy(), dark.copy()
+            for gene, gmask in genes.items():
+                mark = self.marks[gene]
+                sel = (kind == 1) & gmask[r[idx], c[idx]].astype(bool)
+                rad[sel] *= mark.radius
+                aspect[sel] *= mark.aspect
+                dark[sel] *= mark.dark
+                irregular = np.where(sel, irregular + mark.irregular, irregular)
+        irregular = irregular[:, None]
         # smooth random radial profile: two low harmonics with random phase
         prof = 1 + irregular * (
             w[:, :1] * np.cos(2 * phi + w[:, 1:2] * 3) + w[:, 2:3] * np.sin(3 * phi + w[:, 1:2])
         ) * 0.6
-        a = nuc["r"][idx][:, None] * np.sqrt(nuc["aspect"][idx])[:, None] * prof
-        b = nuc["r"][idx][:, None] / np.sqrt(nuc["aspect"][idx])[:, None] * prof
+        a = rad[:, None] * np.sqrt(aspect)[:, None] * prof
+        b = rad[:, None] / np.sqrt(aspect)[:, None] * prof
         ang = nuc["angle"][idx][:, None]
         ex, ey = a * np.cos(phi), b * np.sin(phi)
         px = lx[idx][:, None] + ex * np.cos(ang) - ey * np.sin(ang)
         py = ly[idx][:, None] + ex * np.sin(ang) + ey * np.cos(ang)
         pts = np.round(np.stack([px, py], axis=-1) * 4).astype(np.int32)  # shift=2: 1/4 px
-        val = np.clip(nuc["dark"][idx] * 100, 1, 255).astype(np.int64).tolist()
+        val = np.clip(dark * 100, 1, 255).astype(np.int64).tolist()
         fill = cv2.fillPoly
         # one call per nucleus: a single multi-polygon fillPoly XORs where nuclei overlap
         for k in range(idx.size):
@@ -301,14 +362,20 @@ class SlideModel:
         tissue_f = (tissue & ~((holes > 0.8) & (tum == 0))).astype(np.float32)
         tissue_f = cv2.GaussianBlur(tissue_f, (0, 0), 1.0)
 
+        genes = self.gene_masks(X0, Y0, W, H) if tum.any() else {}
+
         # nuclei -> haematoxylin density
         canvas = np.zeros((H, W), np.uint8)
-        self._draw_nuclei(canvas, X0, Y0, tissue, tum)
+        self._draw_nuclei(canvas, X0, Y0, tissue, tum, genes)
         hema = cv2.GaussianBlur(canvas, (0, 0), 0.5 / self.mpp).astype(np.float32)
         grain = self._grain(xs, ys)
         hema *= (0.9 / 100) * (0.5 + grain)  # chromatin texture
         tum_f = cv2.GaussianBlur(tum.astype(np.float32), (0, 0), 2.0)
-        hema += tissue_f * (0.03 + 0.14 * tum_f)  # basophilic cytoplasm in tumour nests
+        hema += tissue_f * (0.03 + (0.14 * self.contrast) * tum_f)  # basophilic cytoplasm in tumour nests
+        gene_f = {g: cv2.GaussianBlur(m.astype(np.float32), (0, 0), 2.0) * tum_f for g, m in genes.items()}
+        for g, f in gene_f.items():
+            if self.marks[g].cytoplasm:
+                hema += tissue_f * self.marks[g].cytoplasm * f
 
         # stroma -> eosin density: wavy collagen fibres that fade in and out, patchy intensity
         k = 2 * math.pi / (9.0 / self.mpp)
@@ -318,20 +385,50 @@ class SlideModel:
         fibre = np.sin(phase, out=phase)
         fibre += 1.0
         fibre *= fibre  # sharpen: thin dense bands on a paler ground
-        amp *= 1.0 - 0.8 * tum_f  # tumour nests: cells, not collagen
+        amp *= 1.0 - (0.8 * self.contrast) * tum_f  # tumour nests: cells, not collagen
         fibre *= amp
         eosin = 0.42 + 0.12 * patch + fibre + 0.1 * (grain - 0.5)
         eosin *= tissue_f
-        eosin *= 1.0 - 0.5 * tum_f
+        eosin *= 1.0 - (0.5 * self.contrast) * tum_f
+        for g, f in gene_f.items():
+            if self.marks[g].eosin != 1.0:
+                eosin *= 1.0 - (1.0 - self.marks[g].eosin) * f
 
-        # Beer-Lambert: I = 255 exp(-(H od_H + E od_E + od_glass)), channel by channel
-        hema, eosin = hema[m : m + h, m : m + w], eosin[m : m + h, m : m + w]
+        st = self.stain
+        if st.hematoxylin_scale != 1.0:
+            hema *= st.hematoxylin_scale
+        if st.eosin_scale != 1.0:
+            eosin *= st.eosin_scale
+        # Beer-Lambert: I = 255 exp(-(H od_H + E od_E + od_glass)), channel by channel; a
+        # scanner blur acts on the light, so it is applied to the whole window before cropping
+        blur = self.blur_px
+        if blur <= 0:
+            hema, eosin = hema[m : m + h, m : m + w], eosin[m : m + h, m : m + w]
         chans = [
-            cv2.exp(hema * float(-_OD_HEMATOXYLIN[c]) + eosin * float(-_OD_EOSIN[c])
+            cv2.exp(hema * float(-st.od_hematoxylin[c]) + eosin * float(-st.od_eosin[c])
                     - float(_OD_GLASS[c]))
             for c in range(3)
         ]
-        return cv2.convertScaleAbs(cv2.merge(chans), alpha=255.0)
+        rgb = cv2.merge(chans)
+        if blur > 0:
+            rgb = cv2.GaussianBlur(rgb, (0, 0), blur)[m : m + h, m : m + w]
+        return cv2.convertScaleAbs(rgb, alpha=255.0)
+
+    def gene_masks(self, x0: int, y0: int, w: int, h: int) -> dict[str, np.ndarray]:
+        """gene -> uint8 (h, w) mask of its subregion, for the genes whose subregion touches
+        the window."""
+        import cv2
+
+        out = {}
+        for gene, poly in self.gene_regions.items():
+            lo, hi = poly.min(0), poly.max(0)
+            if hi[0] < x0 or hi[1] < y0 or lo[0] >= x0 + w or lo[1] >= y0 + h:
+                continue
+            mask = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(mask, [np.round((poly - (x0, y0) - 0.5) * 16).astype(np.int32)], 1,
+                         lineType=cv2.LINE_8, shift=4)
+            out[gene] = mask
+        return out
 
 
 def make_slide_model(
@@ -342,8 +439,14 @@ def make_slide_model(
     tumor: bool,
     burden: float = 0.3,
     n_regions: int | None = None,
+    *,
+    contrast: float = 1.0,
+    stain: SiteStain | None = None,
+    marks: dict[str, GeneMark] | None = None,
 ) -> SlideModel:
-    """Pick the tissue blob and, for a tumour slide, regions covering ~burden of the tissue."""
+    """Pick the tissue blob and, for a tumour slide, regions covering ~burden of the tissue
+    (fewer, larger regions at low burden: each at least ~1 % of the tissue) and, for each
+    gene in `marks`, a subregion of the tumour showing that gene's mark."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -359,33 +462,65 @@ def make_slide_model(
         rx=width * rng.uniform(0.38, 0.46),
         ry=height * rng.uniform(0.38, 0.46),
         fibre_angle=rng.uniform(0, math.pi),
+        contrast=float(contrast),
+        stain=stain or _REFERENCE_STAIN,
     )
     if not tumor:
         return model
     step = max(width, height) / 256.0
     tissue, _ = model.lowres_masks(step)
     tissue_area = float(tissue.sum()) * step * step
-    k = int(n_regions) if n_regions else int(rng.integers(1, 4))
+    k = int(n_regions) if n_regions else min(int(rng.integers(1, 4)), max(1, int(burden / 0.01 + 1e-9)))
     shares = rng.dirichlet(np.full(k, 3.0))
     dist = cv2.distanceTransform(
         np.pad(tissue.astype(np.uint8), 1), cv2.DIST_L2, 5
     )[1:-1, 1:-1] * step
     for share in shares:
         radius = math.sqrt(burden * share * tissue_area / math.pi)
-        ok = np.flatnonzero(dist.ravel() >= 0.9 * radius)
-        if ok.size == 0:
-            ok = np.array([int(np.argmax(dist))])
-        j = int(rng.choice(ok))
-        cy, cx = (np.array(np.unravel_index(j, dist.shape)) + 0.5) * step
-        nv = 40
-        phi = np.linspace(0, 2 * math.pi, nv, endpoint=False)
-        harm = sum(
-            rng.normal(0, 0.22 / h) * np.cos(h * phi + rng.uniform(0, 2 * math.pi))
-            for h in range(2, 6)
-        )
-        rad = radius * np.clip(1 + harm, 0.4, None)
-        poly = np.stack([cx + rad * np.cos(phi), cy + rad * np.sin(phi)], axis=1)
-        poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
-        poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
-        model.regions.append(np.round(poly, 1))
+        model.regions.append(_blob(rng, dist, step, radius, width, height))
+    if marks:
+        _place_gene_regions(model, marks, np.random.default_rng([seed, 53]))
     return model
+
+
+def _blob(rng: np.random.Generator, dist: np.ndarray, step: float, radius: float,
+          width: int, height: int) -> np.ndarray:
+    """An irregular blob of about `radius` centred where `dist` (distance to the edge of
+    the allowed area, level-0 px, on a grid of `step`) leaves room for it."""
+    ok = np.flatnonzero(dist.ravel() >= 0.9 * radius)
+    if ok.size == 0:
+        ok = np.array([int(np.argmax(dist))])
+    j = int(rng.choice(ok))
+    cy, cx = (np.array(np.unravel_index(j, dist.shape)) + 0.5) * step
+    nv = 40
+    phi = np.linspace(0, 2 * math.pi, nv, endpoint=False)
+    harm = sum(
+        rng.normal(0, 0.22 / h) * np.cos(h * phi + rng.uniform(0, 2 * math.pi))
+        for h in range(2, 6)
+    )
+    rad = radius * np.clip(1 + harm, 0.4, None)
+    poly = np.stack([cx + rad * np.cos(phi), cy + rad * np.sin(phi)], axis=1)
+    poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
+    poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
+    return np.round(poly, 1)
+
+
+def _place_gene_regions(model: SlideModel, marks: dict[str, GeneMark], rng: np.random.Generator) -> None:
+    """Each gene's subregion: a blob covering 25-45 % of one planted region (chosen by area),
+    inside it as far as its shape allows. Its mark shows only where it overlaps the tumour."""
+    import cv2
+
+    step = max(model.width, model.height) / 512.0
+    nx, ny = int(math.ceil(model.width / step)), int(math.ceil(model.height / step))
+    masks = []
+    for p in model.regions:
+        m = np.zeros((ny, nx), np.uint8)
+        cv2.fillPoly(m, [np.round((p / step - 0.5) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+        masks.append(m)
+    areas = np.array([m.sum() for m in masks], np.float64) * step * step
+    for gene, mark in marks.items():
+        model.marks[gene] = mark
+        i = int(rng.choice(len(masks), p=areas / areas.sum())) if areas.sum() > 0 else 0
+        radius = math.sqrt(rng.uniform(0.25, 0.45) * areas[i] / math.pi)
+        dist = cv2.distanceTransform(np.pad(masks[i], 1), cv2.DIST_L2, 5)[1:-1, 1:-1] * step
+        model.gene_regions[gene] = _blob(rng, dist, step, radius, model.width, model.height)

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from histstore.fsops import remove_file
 from histstore.wsi.synth.image import _BACKGROUND, SlideModel
 
 TILE = 256  # TIFF tile edge
@@ -117,4 +118,4 @@ def write_slide_tiff(
         if tmpdir is not None:
             tmpdir.cleanup()
         if partial.exists():
-            partial.unlink()
+            remove_file(partial, partial.parent)  # histstore.fsops

@@ -1,0 +1,44 @@
+"""Named fault points: a testing hook for the crash-safety tests (tests/faults).
+
+`fault_point("embed.after_array_write")` kills the process with SIGKILL - no cleanup, no
+exception handlers, like a power cut or the OOM killer - when the environment variable
+HISTSTORE_FAULT names that point, optionally with the hit on which to fire:
+
+    HISTSTORE_FAULT=embed.mid_commit        first time the point is reached
+    HISTSTORE_FAULT=embed.mid_commit:3      third time
+
+Unset (always, outside those tests) a point costs one function call and a comparison. Points
+sit where a crash is most likely to leave a store inconsistent: between writing a file and
+registering it, inside a commit's transaction, in the middle of an array. The list of points
+is in docs/architecture.md.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+_SPEC: str | None = None
+_NAME = ""
+_HITS_WANTED = 1
+_hits = 0
+
+
+def configure(spec: str | None) -> None:
+    """Arm the point named by `spec` ('name' or 'name:N'; None disarms). Read from
+    HISTSTORE_FAULT at import; tests that fork a process call it in the child."""
+    global _SPEC, _NAME, _HITS_WANTED, _hits
+    _SPEC = spec or None
+    name, _, at = (spec or "").partition(":")
+    _NAME, _HITS_WANTED, _hits = name, int(at) if at else 1, 0
+
+
+def fault_point(name: str) -> None:
+    global _hits
+    if _SPEC is None or name != _NAME:
+        return
+    _hits += 1
+    if _hits >= _HITS_WANTED:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+configure(os.environ.get("HISTSTORE_FAULT"))
