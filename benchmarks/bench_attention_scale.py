@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Row
+from benchmarks.common import Row, main
 
 
 def _catalog_bytes(store) -> int:
@@ -113,19 +113,11 @@ def rows(results: list[dict]) -> list[Row]:
             f"raw tile id + float32 arrays {r['raw_bytes'] / 1e6:.0f} MB ({r['raw_bytes'] / n:.1f} B/row)",
             r["raw_bytes"] / grow, "raw bytes / catalog growth"),
         Row("attention: per-slide query", f"top 10 of a slide {np.median(r['top10_s']) * 1e3:.0f} ms, "
-            f"whole slide ({r['n_tiles']:,} tiles) {np.median(r['whole_slide_s']) * 1e3:.0f} ms (median of 5)",
-            "target: under 1 s per slide", 1.0 / max(max(r["top10_s"]), max(r["whole_slide_s"])),
-            "1 s / slowest query (> 1: under a second)"),
+            f"whole slide ({r['n_tiles']:,} tiles) {np.median(r['whole_slide_s']) * 1e3:.0f} ms (median of 5; "
+            f"slowest {max(max(r['top10_s']), max(r['whole_slide_s'])) * 1e3:.0f} ms)",
+            f"target: under 1 s per slide, {n / 1e6:.1f}M rows per run", None, "figures only"),
     ]
 
 
 if __name__ == "__main__":
-    import argparse
-    import json
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    res = run(p.parse_args().quick)
-    print(json.dumps(res, indent=1, default=str))
-    for row in rows(res):
-        print(row)
+    main(run, rows)
