@@ -60,11 +60,15 @@ def _fmt_summary(summary: dict) -> str:
                    "or on all its slides (each carries the case's fold change).")
 @click.option("--positive", help="Positive class of a binary task.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--memory-budget", default="auto", show_default=True,
+              help="Memory for the bags (e.g. 6GB, 512MB). The cohort is packed in memory when it fits, "
+                   "else streamed from disk per step; the same seed gives the same results either way. "
+                   "auto: half the free RAM (free GPU memory when training on a GPU).")
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
 def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, patience, lr, weight_decay, dropout,
           bags_per_step, class_weight, select_on, min_epochs, val_fraction, standardize, hidden_dim, attn_dim,
-          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, resume_run):
+          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings, resume, train as run_train
 
@@ -84,6 +88,7 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           positive=positive, genes=gene_list, gene_slides=gene_slides, min_epochs=min_epochs,
                           standardize=standardize, hidden_dim=hidden_dim, attn_dim=attn_dim,
                           decision_threshold=decision_threshold,
+                          memory_budget=None if memory_budget == "auto" else memory_budget,
                           **({"val_fraction": val_fraction} if val_fraction is not None else {}))
         r = run_train(store, s, notify=notify)
     if r.children or r.task.endswith(":*"):

@@ -9,6 +9,11 @@ fold is written in one short commit (predictions, test-tile attention, metrics, 
 fold's checkpoint row with its sha256), so an interrupted run keeps its finished folds, is
 marked `interrupted`, and `--resume RUN` continues it with the splits it started with. The
 catalog is read at the start and not held while models train.
+
+Bags stay in their stored dtype (float16) from zarr to the model. `--memory-budget` decides
+where they live (mil/bag_source.py): resident (the cohort packed once) when it fits, else
+streamed from zarr with read-ahead; both give the same results for a seed. A gene sweep reads
+the cohort's bag index and packs it once, and every gene trains on its slides out of it.
 """
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ class TrainSettings:
     attn_dim: int | None = None
     decision_threshold: str = "0.5"  # binary tasks: "0.5", or chosen on the "val" or "train" bags
     val_fraction: float = 1 / 9  # of each fold's non-test cases (HistCode's 80/10/10); 0: none
+    memory_budget: str | None = None  # bytes for bags ("6GB"); None/"auto": half the free memory
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -183,7 +189,7 @@ def prepare(conn: sa.Connection, s: TrainSettings, spec: TaskSpec) -> Prepared:
                     notes, n_not_tumour)
 
 
-def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
+def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int, feature_dtype: str = "float32"):
     from histstore.mil.train_config import TrainConfig
 
     cfg = {"dropout": s.dropout} if s.dropout else {}
@@ -194,7 +200,57 @@ def _train_config(s: TrainSettings, spec: TaskSpec, n_classes: int):
                        patience=s.patience, min_epochs=s.min_epochs, lr=s.lr, weight_decay=s.weight_decay,
                        bags_per_step=s.bags_per_step, class_weight=s.class_weight, select_on=s.select_on,
                        standardize_features=s.standardize,
-                       decision_threshold=s.decision_threshold if not spec.is_regression else "0.5")
+                       decision_threshold=s.decision_threshold if not spec.is_regression else "0.5",
+                       feature_dtype=feature_dtype)
+
+
+class CohortBags:
+    """A run's bags, read once: the bag index (tile ids, lengths; no features) of every slide
+    a run may train on, and the bag source opened on it (resident or streamed by the memory
+    budget). A gene sweep keeps one for all genes; each gene takes its slides as a subset."""
+
+    def __init__(self, store: Store, s: TrainSettings, device, whole_cohort: bool = False):
+        self.store, self.settings, self.device = store, s, device
+        self.whole_cohort = whole_cohort  # index every cohort slide with an array (gene sweeps)
+        self.index = self.plan = self.source = None
+        self.set_id: int | None = None
+
+    def prepare(self, conn: sa.Connection, info: EmbeddingSetInfo, slide_ids: list[str], config):
+        """Index the slides (with whole_cohort: every cohort slide that has an array in the
+        set) once per embedding set and choose the mode, refusing a budget too small for a
+        bag before anything is written. Returns (index, plan) for slide_ids. A short read."""
+        from histstore.embeddings.bags import bag_index, missing_slides
+        from histstore.mil.bag_source import choose_mode, parse_budget
+
+        if self.index is None or self.set_id != info.embedding_set_id \
+                or not set(slide_ids) <= set(self.index.slide_ids):
+            wanted = list(slide_ids)
+            if self.whole_cohort:
+                members = cohort_slide_ids(conn, self.settings.cohort)
+                gone = set(missing_slides(conn, info, members))
+                wanted = [m for m in members if m not in gone]
+                have = set(wanted)
+                wanted += [m for m in slide_ids if m not in have]
+            self.index = bag_index(conn, info, wanted)
+            self.set_id, self.source = info.embedding_set_id, None
+            budget = parse_budget(self.settings.memory_budget, self.device)
+            self.plan = choose_mode(self.index.lengths, self.index.dim,
+                                    np.dtype(self.index.dtype).itemsize, budget,
+                                    names=self.index.slide_ids, bags_per_step=config.bags_per_step)
+        return self.index.subset(slide_ids), self.plan
+
+    def source_for(self, slide_ids: list[str]):
+        """The bag source of these slides (opened, i.e. packed if resident, on first use; reads
+        zarr only, no catalog connection)."""
+        from histstore.mil.bag_source import open_bag_source
+
+        if self.source is None:
+            ix = self.index
+            self.source = open_bag_source(ix.reader(self.store), ix.lengths, ix.dim, ix.dtype, self.plan,
+                                          self.device, names=ix.slide_ids)
+        if list(slide_ids) == self.index.slide_ids:
+            return self.source
+        return self.source.subset(self.index.positions(slide_ids))
 
 
 def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tuple[str, str]:
@@ -219,8 +275,8 @@ def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tup
     return ckpt_rel, sha256_file(path)
 
 
-def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, bags, result, ckpt_rel: str,
-                ckpt_sha256: str) -> None:
+def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, tile_ids: list[np.ndarray], result,
+                ckpt_rel: str, ckpt_sha256: str) -> None:
     fold = int(result.fold)
     rows = []
     for subset, preds in (("val", result.val), ("test", result.test)):
@@ -234,11 +290,11 @@ def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, bags, result, ckp
                          "predicted": predicted})
     insert_frame(conn, "predictions", pd.DataFrame(rows))
     if result.test_attention:
-        tile_ids = np.concatenate([bags[pos].tile_ids for pos in result.test_attention])
+        tiles = np.concatenate([tile_ids[pos] for pos in result.test_attention])
         scores = np.concatenate([np.asarray(a, dtype=np.float32) for a in result.test_attention.values()])
-        insert_frame(conn, "attention", {"run_id": np.full(len(tile_ids), run_id, np.int64),
-                                         "fold": np.full(len(tile_ids), fold, np.int32),
-                                         "tile_id": tile_ids, "score": scores})
+        insert_frame(conn, "attention", {"run_id": np.full(len(tiles), run_id, np.int64),
+                                         "fold": np.full(len(tiles), fold, np.int32),
+                                         "tile_id": tiles, "score": scores})
     metric_rows = [{"fold": fold, "subset": subset, "name": k, "value": v}
                    for subset, m in result.metrics.items() for k, v in m.values.items()]
     # patient level: slide scores averaged per case (case_auc, case_accuracy, ...)
@@ -294,15 +350,19 @@ def _cohort_stats(conn: sa.Connection, p: Prepared, s: TrainSettings) -> list[di
 
 def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: int | None = None,
                 resume_run: dict | None = None, show_progress: bool = True,
-                notify: Callable[[str], None] | None = None) -> TrainReport:
-    from histstore.embeddings.bags import bag_index, read_bags
+                notify: Callable[[str], None] | None = None,
+                cohort_bags: CohortBags | None = None) -> TrainReport:
+    from histstore.devices import resolve_device
     from histstore.mil.splits import make_splits, splits_from_rows
     from histstore.mil.cross_validation import run_cv
 
     t0 = time.perf_counter()
+    device = resolve_device(s.device)
+    cohort_bags = cohort_bags or CohortBags(store, s, device)
     with store.read() as conn:
         p = prepare(conn, s, spec)
-        index = bag_index(conn, p.info, p.slide_ids)
+        config = _train_config(s, spec, max(2, len(p.classes)), str(p.info.dtype))
+        index, plan = cohort_bags.prepare(conn, p.info, p.slide_ids, config)
         stats = _cohort_stats(conn, p, s) if resume_run is None else None
         if resume_run is not None:
             stored = conn.exec_driver_sql(
@@ -316,7 +376,6 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                f"in {s.folds} folds grouped by case"
                + (f" ({p.n_without_target} without a target, {p.n_without_embedding} without embeddings "
                   "left out)" if p.n_without_target or p.n_without_embedding else ""))
-    config = _train_config(s, spec, max(2, len(p.classes)))
     if resume_run is None:
         splits = make_splits(p.case_ids, p.labels if not spec.is_regression else p.targets, s.folds,
                              seed=s.seed, task=config.task, val_fraction=s.val_fraction)
@@ -324,7 +383,8 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
             run_id = create_run(conn, kind="train", settings={**s.to_dict(), "task": spec.name, "genes": None,
                                                               "task_spec": spec.to_dict(),
                                                               "train_config": config.to_dict(),
-                                                              "classes": p.classes},
+                                                              "classes": p.classes,
+                                                              "bag_source": asdict(plan)},
                                 seed=s.seed, cohort=s.cohort, task=spec.name, model=s.model,
                                 embedding_set_id=p.info.embedding_set_id, encoder_id=p.info.encoder_id,
                                 parent_run_id=parent_run_id, progress_total=splits.n_folds,
@@ -345,11 +405,8 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
             record_progress(conn, run_id, done=len(done), total=splits.n_folds, unit="fold")
     report = TrainReport(run_id, spec.name, s.model, "running", n_bags=len(p.slide_ids), n_cases=n_cases,
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
-                         notes=list(p.notes))
-    bags = read_bags(store, p.info, index)
-    from histstore.devices import resolve_device
-
-    device = resolve_device(s.device)
+                         notes=list(p.notes) + ([plan.describe()] if plan.mode == "streamed" else []))
+    bags = cohort_bags.source_for(p.slide_ids)
     remaining = splits.n_folds - len(done)
     bar = progress_bar(total=remaining * s.epochs, desc=f"train {spec.name} {s.model} (run {run_id})",
                        unit="epoch", disable=not show_progress)
@@ -361,7 +418,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
     try:
         with Heartbeat(store, run_id) as beat, \
                 run_outcome(store, run_id, f"`histstore train --resume {run_id}` continues it"):
-            folds = run_cv([b.features for b in bags], p.targets, p.case_ids, config, n_folds=s.folds,
+            folds = run_cv(bags, p.targets, p.case_ids, config, n_folds=s.folds,
                            seed=s.seed, device=device, splits=splits, skip_folds=done, progress_cb=on_epoch)
             for result in folds:
                 ckpt_rel, ckpt_sha = _save_fold_checkpoint(store, run_id, p, result)
@@ -369,7 +426,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                 with store.commit(f"fold {result.fold} of run {run_id}") as conn:
                     finished = _finished_folds(conn, run_id)
                     if int(result.fold) not in finished:  # another resume may have written it
-                        _write_fold(conn, run_id, p, bags, result, ckpt_rel, ckpt_sha)
+                        _write_fold(conn, run_id, p, index.tile_ids, result, ckpt_rel, ckpt_sha)
                         finished.add(int(result.fold))
                     record_progress(conn, run_id, done=len(finished))
                 beat.touch()
@@ -418,6 +475,9 @@ def train(store: Store, s: TrainSettings, show_progress: bool = True,
         raise InvalidInput(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
     if s.gene_slides not in GENE_SLIDES:
         raise InvalidInput(f"--gene-slides must be one of {', '.join(GENE_SLIDES)}, got {s.gene_slides!r}")
+    from histstore.mil.bag_source import parse_budget
+
+    parse_budget(s.memory_budget)  # a malformed budget is refused before anything runs
     with store.session():
         if not s.genes:
             spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
@@ -438,6 +498,16 @@ def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
         require_cohort(conn, s.cohort)
         genes = _gene_list(conn, s.genes)
     specs = [parse_task(f"{kind}:{g}", s.threshold, s.p_cut, s.fc_source) for g in genes]
+    from histstore.devices import resolve_device
+
+    # every gene trains on the cohort's bags, indexed and packed once for all of them; the
+    # memory budget is checked against them before the parent run is written
+    cohort_bags = CohortBags(store, s, resolve_device(s.device), whole_cohort=True)
+    with store.read() as conn:
+        members = cohort_slide_ids(conn, s.cohort)
+        if members:
+            info = _choose_set(conn, members, s.embeddings)
+            cohort_bags.prepare(conn, info, [], _train_config(s, specs[0], 2, str(info.dtype)))
     with store.commit("a new gene run") as conn:
         parent = create_run(conn, kind="train", settings=s.to_dict() | {"genes": genes}, seed=s.seed,
                             cohort=s.cohort, task=f"{kind}:*", model=s.model, progress_total=len(specs),
@@ -448,7 +518,8 @@ def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
         for i, spec in enumerate(specs):
             try:
                 report.children.append(_run_single(store, s, spec, parent_run_id=parent,
-                                                   show_progress=show_progress, notify=notify))
+                                                   show_progress=show_progress, notify=notify,
+                                                   cohort_bags=cohort_bags))
             except HiststoreError as exc:  # e.g. a gene with one class here: recorded, others go on
                 with store.commit(f"gene {spec.name} of run {parent}") as conn:
                     rid = create_run(conn, kind="train", settings=s.to_dict(), seed=s.seed, cohort=s.cohort,
@@ -491,7 +562,7 @@ def resume(store: Store, run_id: int, show_progress: bool = True,
     if run["parent_run_id"] is None and run["task"] and run["task"].endswith(":*"):
         raise InvalidInput("resume the gene runs one by one (their run ids are in `histstore runs show`)")
     st = dict(run["settings"])
-    for k in ("task_spec", "train_config", "classes"):
+    for k in ("task_spec", "train_config", "classes", "bag_source"):
         st.pop(k, None)
     st["genes"] = None
     # runs started before these choices existed used every slide, unstandardised features

@@ -256,12 +256,15 @@ class Prediction(Base):
 
 class Attention(Base):
     __tablename__ = "attention"
-    # No primary key: tens of millions of rows per run at paper scale; (run_id, fold, tile_id)
-    # is unique by construction (each tile is scored once per fold it is tested in).
+    # No primary key and no foreign keys (revision 0004): tens of millions of rows per run at
+    # paper scale, and DuckDB backs every key with an index (~71 against 4-9 bytes a row,
+    # benchmarks/bench_attention_scale.py).
+    # (run_id, fold, tile_id) is unique by construction (each tile is scored once per fold it
+    # is tested in); run_id is a run and tile_id a tile, written only by `histstore train`.
     __mapper_args__ = {"primary_key": ["run_id", "fold", "tile_id"]}
-    run_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("runs.run_id"), nullable=False)
+    run_id: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     fold: Mapped[int] = mapped_column(sa.Integer, nullable=False)
-    tile_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("tiles.tile_id"), nullable=False)
+    tile_id: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     score: Mapped[float] = mapped_column(sa.Float, nullable=False)
 
 

@@ -3,11 +3,13 @@
 Packing once removes the per-step host->device copy and the per-bag Python/data-loader work
 of a plain loop: one bag is a view (`bag(i)`), a mini-batch of bags is one `index_select`
 with the bag id of every tile computed on the device (`batch(idx)`), ready for
-`MILModel.forward_segments`.
+`MILModel.forward_segments`. PackedBags is the resident mode of a bag source (the interface
+is described in mil/bag_source.py, which also has the streamed mode); `SubsetBags` is some
+bags of any source, renumbered, without a copy.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +25,9 @@ class PackedBags:
     """n bags of D-dim tiles: `features` [T, D] on one device, `lengths` [n], `offsets`
     [n + 1] (host numpy; bag i is rows offsets[i]:offsets[i+1])."""
 
-    def __init__(self, features: Tensor, lengths: np.ndarray):
+    def __init__(self, features: Tensor, lengths: np.ndarray, names: Sequence[str] | None = None):
         self.features = features
+        self.names = list(names) if names is not None else None
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         if self.offsets[-1] != features.shape[0]:
@@ -42,6 +45,18 @@ class PackedBags:
     @property
     def device(self) -> torch.device:
         return self.features.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.features.dtype
+
+    def batches(self, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """self.batch(p) for each part, in order (all resident: nothing to read ahead)."""
+        for p in parts:
+            yield self.batch(p)
+
+    def subset(self, positions: Sequence[int]) -> "SubsetBags":
+        return SubsetBags(self, positions)
 
     def bag(self, i: int) -> Tensor:
         """Bag i, a view [N_i, D]."""
@@ -62,6 +77,65 @@ class PackedBags:
         start_in_batch = torch.cumsum(lens, 0) - lens
         rows = self._starts_t[idx_t][seg] + torch.arange(total, device=dev) - start_in_batch[seg]
         return self.features.index_select(0, rows), seg
+
+
+class SubsetBags:
+    """Bags `positions` of a source (packed or streamed), renumbered 0..k-1 - e.g. one gene's
+    slides out of the cohort's bags, which are read and packed once for every gene."""
+
+    def __init__(self, source, positions: Sequence[int]):
+        self.source = source
+        self.positions = np.asarray(positions, dtype=np.int64)
+        if len(self.positions) and (self.positions.min() < 0 or self.positions.max() >= len(source)):
+            raise InvalidInput("subset positions out of range")
+        self.lengths = source.lengths[self.positions]
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        names = getattr(source, "names", None)
+        self.names = [names[i] for i in self.positions] if names is not None else None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def dim(self) -> int:
+        return self.source.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source.dtype
+
+    def _map(self, idx) -> np.ndarray:
+        return self.positions[np.asarray(idx, dtype=np.int64)]
+
+    def bag(self, i: int) -> Tensor:
+        return self.source.bag(int(self.positions[i]))
+
+    def batch(self, idx) -> tuple[Tensor, Tensor | None]:
+        return self.source.batch(self._map(idx))
+
+    def batches(self, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
+        return self.source.batches(self._map(p) for p in parts)
+
+    def subset(self, positions: Sequence[int]) -> "SubsetBags":
+        return SubsetBags(self.source, self._map(positions))
+
+
+def is_bag_source(bags) -> bool:
+    """A bag source (PackedBags, StreamedBags, SubsetBags, or a wrapper of one), not a list of
+    arrays to pack."""
+    return hasattr(bags, "batch") and hasattr(bags, "lengths")
+
+
+def iter_batches(bags, parts: Iterable[Sequence[int]]) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """bags.batch(p) for each part, in order: through `batches` (a streamed source reads ahead)
+    where the source has it, else one `batch` at a time (a wrapper that only has `batch`)."""
+    if hasattr(bags, "batches"):
+        return bags.batches(parts)
+    return (bags.batch(p) for p in parts)
 
 
 def pack_bags(bags: Sequence, device: str | torch.device = "cpu",

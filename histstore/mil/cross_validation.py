@@ -8,7 +8,7 @@ import torch
 
 from histstore.devices import resolve_device
 from histstore.errors import InvalidInput
-from histstore.mil.bags import PackedBags, pack_bags
+from histstore.mil.bags import PackedBags, is_bag_source, pack_bags
 from histstore.mil.results import EpochRecord, FoldResult
 from histstore.mil.splits import Splits, make_splits
 from histstore.mil.train_config import TrainConfig
@@ -21,7 +21,7 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def run_cv(
-    bags: Sequence | PackedBags,
+    bags: Sequence | PackedBags,  # or any bag source (mil/bag_source.py)
     targets: Sequence,
     case_ids: Sequence,
     config: TrainConfig = TrainConfig(),
@@ -49,7 +49,7 @@ def run_cv(
         raise InvalidInput(f"{len(bags)} bags, {len(targets)} targets and "
                            f"{len(splits.item_case)} split items differ")
     check_targets(targets, len(targets), config.task)
-    packed = bags if isinstance(bags, PackedBags) else pack_bags(bags, dev, config.feature_dtype)
+    packed = bags if is_bag_source(bags) else pack_bags(bags, dev, config.feature_dtype)
 
     def folds() -> Iterator[FoldResult]:
         for fold in range(splits.n_folds):

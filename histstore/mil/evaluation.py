@@ -4,14 +4,14 @@ targets put back on their scale for regression)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from histstore.devices import autocast
-from histstore.mil.bags import PackedBags
+from histstore.mil.bags import PackedBags, iter_batches
 from histstore.mil.metrics import classification_metrics, regression_metrics
 from histstore.mil.models import MILModel
 from histstore.mil.results import Predictions
@@ -29,16 +29,18 @@ class EvalOutput:
 @torch.no_grad()
 def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tiles: int = 262_144,
              amp: bool = False, attention: bool = False) -> EvalOutput:
-    """Forward bags idx in eval mode, in batches of at most eval_tiles tiles (a bag larger
-    than that goes alone)."""
+    """Forward bags idx in eval mode, one bag per forward pass, so a bag's output does not depend
+    on which bags share its batch (matrix products of different heights round differently):
+    results are the same whatever the memory budget or bag source. `bags`: any bag source
+    (mil/bag_source.py); a streamed one reads the bags ahead. eval_tiles is kept for callers
+    (evaluation used to batch bags up to that many tiles) and no longer changes anything."""
     was_training = model.training
     model.eval()
     idx = np.asarray(idx, dtype=np.int64)
     logits, aux, att = [], [], []
     aux_weight = 0.0
-    for chunk in _tile_chunks(bags.lengths[idx], eval_tiles):
-        part = idx[chunk]
-        x, seg = bags.batch(part)
+    chunks = [idx[j:j + 1] for j in range(len(idx))]
+    for part, (x, seg) in zip(chunks, iter_batches(bags, chunks)):
         with autocast(bags.device.type, autocast_dtype(bags.device, amp)):
             out = model.forward_segments(x.float() if not amp else x, seg, len(part))
         logits.append(out.logits.float())
@@ -54,17 +56,6 @@ def evaluate(model: MILModel, bags: PackedBags, idx: Sequence[int], *, eval_tile
     return EvalOutput(
         torch.cat(logits) if logits else torch.zeros((0, dim), device=bags.device),
         torch.cat(aux) if aux else None, aux_weight, att if attention else None)
-
-
-def _tile_chunks(lengths: np.ndarray, budget: int) -> Iterator[slice]:
-    start, total = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and total + n > budget:
-            yield slice(start, i)
-            start, total = i, 0
-        total += n
-    if start < len(lengths):
-        yield slice(start, len(lengths))
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

@@ -17,11 +17,13 @@ transform runs per batch on the device (`StandardizedBags` wraps any bag source 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from histstore.mil.bags import iter_batches
 
 CHECKPOINT_KEY = "feature_standardization"
 # a feature whose training sd is below this (relative to its scale) is constant: it is
@@ -58,15 +60,15 @@ class FeatureStats:
 def fit_feature_stats(bags, idx: Sequence[int]) -> FeatureStats:
     """Mean and sd of every feature over all tiles of bags idx, in one pass over the bags.
 
-    bags: anything with `bag(i) -> Tensor [N_i, D]` (PackedBags or a bag source).
+    bags: a bag source (mil/bag_source.py; a streamed one reads the bags ahead).
     """
     idx = np.asarray(idx, dtype=np.int64)
     if len(idx) == 0:
         raise ValueError("no training bags to standardise with")
     n_total = 0
     mean = m2 = None
-    for i in idx.tolist():
-        x = bags.bag(int(i)).double()
+    for x, _ in iter_batches(bags, [[int(i)] for i in idx.tolist()]):
+        x = x.double()
         n = x.shape[0]
         mu = x.mean(0)
         dev = ((x - mu) ** 2).sum(0)
@@ -88,7 +90,7 @@ def fit_feature_stats(bags, idx: Sequence[int]) -> FeatureStats:
 class StandardizedBags:
     """A bag source whose bags come out standardised (float32), computed per bag/batch on
     the device. Same interface as the source: len, lengths, offsets, dim, device, bag(i),
-    batch(idx)."""
+    batch(idx), batches(parts) (the source's read-ahead kept)."""
 
     def __init__(self, source, stats: FeatureStats):
         self.source = source
@@ -124,3 +126,7 @@ class StandardizedBags:
     def batch(self, idx) -> tuple[Tensor, Tensor | None]:
         x, seg = self.source.batch(idx)
         return self._apply(x), seg
+
+    def batches(self, parts) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for x, seg in iter_batches(self.source, parts):
+            yield self._apply(x), seg

@@ -43,7 +43,8 @@ class TrainConfig:
     decision_threshold: str = "0.5"
     amp: bool = False                   # bf16 autocast (CUDA only)
     feature_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    eval_tiles: int = 262_144           # tiles per evaluation batch
+    # unused since evaluation goes bag by bag (mil/evaluation.py); kept so old settings load
+    eval_tiles: int = 262_144
 
     def __post_init__(self):
         check_model_settings(self.model, dict(self.model_cfg))

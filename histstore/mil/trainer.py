@@ -6,14 +6,18 @@ validation subset only; test bags are evaluated once, with the selected weights 
 authors' code stopped on the test fold). Test targets are blanked before the loop starts, so
 nothing in training can read them.
 
-Speed: all bags live on the device as one tensor (`PackedBags`): no per-step host->device
-copy, one-bag steps use views. A step of several bags (`bags_per_step > 1`) has loss = mean
-of per-bag losses, i.e. the mean of the bags' one-bag gradients, computed either by one
-concatenated forward (`forward_segments`, the GPU default) or by accumulating one bag at a
-time (the CPU default: big concatenated intermediates fall out of cache; benchmarks/bench_mil.py
-times both modes). The loss is accumulated on the device and read once per epoch; evaluation runs in
-batches of up to `eval_tiles` tiles. `bags_per_step=1` is the paper's setting; larger values
-take fewer optimiser steps per epoch (a different schedule), for throughput on a GPU.
+Speed: bags come from a bag source (mil/bag_source.py) in their stored dtype, cast to float32
+per batch: resident (`PackedBags`, all bags on the device as one tensor: no per-step
+host->device copy, one-bag steps use views) or streamed from disk with read-ahead; the loop
+asks for each epoch's steps at once (`batches`) so a streamed source reads ahead. A step of
+several bags (`bags_per_step > 1`) has loss = mean of per-bag losses, i.e. the mean of the
+bags' one-bag gradients, computed either by one concatenated forward (`forward_segments`, the
+GPU default) or by accumulating one bag at a time (the CPU default: big concatenated
+intermediates fall out of cache; benchmarks/bench_mil.py times both modes). The loss is
+accumulated on the device and read once per epoch; evaluation forwards one bag at a time
+(batch-invariant results, mil/evaluation.py). `bags_per_step=1` is the paper's setting;
+larger values take fewer optimiser steps per epoch (a different schedule), for throughput on a
+GPU.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from torch import Tensor
 
 from histstore.devices import autocast, resolve_device
 from histstore.errors import InvalidInput
-from histstore.mil.bags import PackedBags, pack_bags
+from histstore.mil.bags import PackedBags, is_bag_source, iter_batches, pack_bags
 from histstore.mil.evaluation import autocast_dtype, evaluate, logits_to_metrics, logits_to_predictions
 from histstore.mil.models import MILModel, MILOutput, build_model
 from histstore.mil.results import EpochRecord, FoldResult
@@ -71,14 +75,15 @@ def train_fold(
 ) -> FoldResult:
     """Train on train_idx, select the epoch on val_idx, predict val and test bags.
 
-    bags: list of [N_i, D] tensors/arrays, or `PackedBags` (pack once for many folds).
+    bags: list of [N_i, D] tensors/arrays, or a bag source (`PackedBags`: pack once for many
+    folds; `StreamedBags`: read from disk per step).
     targets [n]: class index (classification) or float (regression), one per bag.
     Returns per-bag predictions, test-bag attention, per-epoch history, the selected epoch
     and its weights. Deterministic on the CPU for a given seed.
     """
     t_start = time.perf_counter()
     dev = resolve_device(device)
-    packed = bags if isinstance(bags, PackedBags) else pack_bags(bags, dev, config.feature_dtype)
+    packed = bags if is_bag_source(bags) else pack_bags(bags, dev, config.feature_dtype)
     if packed.device != dev:
         raise InvalidInput(f"bags are packed on {packed.device} but device is {dev}")
     n = len(packed)
@@ -209,35 +214,38 @@ def _decision_threshold(config: TrainConfig, model: MILModel, packed, tr: np.nda
     return choose_threshold(y_seen[idx], prob)
 
 
-def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed: PackedBags, y_dev: Tensor,
+def _train_epoch(model: MILModel, opt: torch.optim.Optimizer, packed, y_dev: Tensor,
                  order: np.ndarray, config: TrainConfig, class_w: Tensor | None) -> float:
     """One pass over `order` in steps of bags_per_step bags; mean per-bag loss."""
     model.train()
     dev = packed.device
-    order_dev = torch.as_tensor(order, device=dev)
     loss_sum = torch.zeros((), device=dev)  # read once per epoch: no per-step sync
     b = config.bags_per_step
     mode = config.batch_mode
     if mode == "auto":
         mode = "concat" if dev.type == "cuda" else "accumulate"
-    # one step: a list of (x, seg, n, positions in order) forwards whose summed loss / n_bags
-    # is the step's loss
-    for s in range(0, len(order), b):
-        idx = order[s:s + b]
-        if len(idx) == 1 or mode == "concat":
-            parts = [(*packed.batch(idx), len(idx), slice(s, s + len(idx)))]
-        else:
-            parts = [(packed.bag(int(i)), None, 1, slice(s + j, s + j + 1))
-                     for j, i in enumerate(idx)]
-        opt.zero_grad(set_to_none=True)
-        for x, seg, n, pos in parts:
-            with autocast(dev.type, autocast_dtype(dev, config.amp)):
-                out: MILOutput = model.forward_segments(x if config.amp else x.float(), seg, n)
-            losses = bag_losses(out.logits, out.aux_logits, out.aux_weight,
-                                y_dev[order_dev[pos]], config.task, class_w)
-            loss = losses.sum() / len(idx)
-            loss.backward()
-            loss_sum += loss.detach() * len(idx)
+    # each step: parts (one concatenated forward, or one bag each) whose summed loss / n_bags
+    # is the step's loss; all parts of the epoch are asked for at once so a streamed source
+    # reads ahead
+    steps = [order[s:s + b] for s in range(0, len(order), b)]
+    parts = [(k, p) for k, idx in enumerate(steps)
+             for p in ([idx] if len(idx) == 1 or mode == "concat" else [idx[j:j + 1] for j in range(len(idx))])]
+    current = -1
+    for (k, idx), (x, seg) in zip(parts, iter_batches(packed, (p for _, p in parts))):
+        n_step = len(steps[k])
+        if k != current:
+            if current >= 0:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            current = k
+        with autocast(dev.type, autocast_dtype(dev, config.amp)):
+            out: MILOutput = model.forward_segments(x if config.amp else x.float(), seg, len(idx))
+        losses = bag_losses(out.logits, out.aux_logits, out.aux_weight,
+                            y_dev[torch.as_tensor(idx, device=dev)], config.task, class_w)
+        loss = losses.sum() / n_step
+        loss.backward()
+        loss_sum += loss.detach() * n_step
+    if current >= 0:
         opt.step()
     return float(loss_sum) / len(order)
 
