@@ -43,7 +43,11 @@ def merge(data: dict, sections: dict[str, dict]) -> dict:
     return out
 
 
-GPU_ONLY = {"gpu"}
+# run only when named (--only): what they need is not what a full run on this machine has
+ON_REQUEST = {
+    "gpu": "measures a GPU (benchmarks/gpu_check.sh runs it)",
+    "mil_scale": "hours and ~28 GB of disk at paper scale (--quick for the same code path)",
+}
 
 
 def main(argv=None) -> int:
@@ -53,9 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=known, metavar="NAME", help=f"some of: {', '.join(known)}")
     p.add_argument("--no-write", action="store_true", help="print only; leave results.json and RESULTS.md")
     a = p.parse_args(argv)
-    # the GPU check measures a GPU: it runs when named (benchmarks/gpu_check.sh does), never as a
-    # CPU stand-in inside a full run
-    names = a.only or [n for n in known if n not in GPU_ONLY]
+    names = a.only or [n for n in known if n not in ON_REQUEST]
+    for name in ([] if a.only else sorted(ON_REQUEST)):
+        print(f"== {name}: not run (ask with --only {name}): {ON_REQUEST[name]}", file=sys.stderr)
     command = "python -m benchmarks.run_all" + (" --quick" if a.quick else "") + (
         " --only " + " ".join(a.only) if a.only else "")
     sections = {}

@@ -256,7 +256,7 @@ class Prediction(Base):
 
 class Attention(Base):
     __tablename__ = "attention"
-    # No primary key and no foreign keys (revision 0004): tens of millions of rows per run at
+    # No primary key and no foreign keys (revision 0008): tens of millions of rows per run at
     # paper scale, and DuckDB backs every key with an index (~71 against 4-9 bytes a row,
     # benchmarks/bench_attention_scale.py).
     # (run_id, fold, tile_id) is unique by construction (each tile is scored once per fold it

@@ -1,4 +1,4 @@
-"""Revision 0004: attention rows lose their foreign keys (each one an index as large as the
+"""Revision 0008: attention rows lose their foreign keys (each one an index as large as the
 rows), keep every row through upgrade and downgrade, and stay readable per tile."""
 from histstore.catalog import migrate
 from histstore.migrate_store import migrate_store
@@ -10,7 +10,7 @@ def _rows(store, sql):
         return conn.exec_driver_sql(sql).all()
 
 
-def test_attention_rows_survive_0004_both_ways(tmp_path):
+def test_attention_rows_survive_0008_both_ways(tmp_path):
     store = Store(tmp_path / "s")
     store.root.mkdir()
     with store.admin() as conn:
@@ -30,7 +30,7 @@ def test_attention_rows_survive_0004_both_ways(tmp_path):
     view = "SELECT slide_id, idx, score, rank_in_slide FROM tile_attention ORDER BY idx"
     before = _rows(store, view)
     assert len(before) == 3 and before[0][3] == 1
-    migrate_store(store, "0004")  # (after 0003 and 0005)
+    migrate_store(store, "0008")  # (after 0003, 0005 and 0007)
     assert _rows(store, view) == before
     fks = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'attention' AND constraint_type = 'FOREIGN KEY'"
     assert _rows(store, fks) == [(0,)]

@@ -12,13 +12,13 @@ guarded nothing a user can break; the view tile_attention and every per-tile que
 before. DuckDB cannot drop a constraint, so the table is rebuilt (rows kept, sorted by run,
 fold and tile) and the view made again.
 
-Revision ID: 0004
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 """
 from alembic import op
 
-revision = "0004"
-down_revision = "0005"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
