@@ -100,8 +100,9 @@ def _import(store, name: str, bags, labels, root: Path) -> list[str]:
         # instances become tiles on a row: distinct whole-pixel corners, 16 px apart
         np.save(feats / f"{sid}_coords.npy", np.stack([np.arange(len(bag)) * 16, np.zeros(len(bag))], 1)
                 .astype(np.int64))
+    # each bag is its own case: the data sets' CV treats bags as independent
     rep = import_features(store, feats, name=name, cohort=name, fmt="npy", patch_size=16,
-                          register_slides=True, dtype="float32", show_progress=False)
+                          register_slides=True, dtype="float32", show_progress=False, case_id_mode="slide")
     if not rep.ok:
         raise RuntimeError(f"import of {name} failed: {rep.summary()}")
     table = root / "labels.csv"
