@@ -218,21 +218,13 @@ def parse_budget(text: str | None, device: str | torch.device = "cpu",
 
 
 def available_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes free now: the GPU's free memory for a CUDA device, else MemAvailable (Linux)."""
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    """Bytes free now (histstore.devices.available_memory), else the free physical pages."""
     import os
 
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    from histstore.devices import available_memory as device_free
+
+    free = device_free(resolve_device(device))
+    return free if free is not None else int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def open_bag_source(read: Callable[[int], np.ndarray], lengths: Sequence[int], dim: int, dtype: str,
