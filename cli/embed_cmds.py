@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from histstore.cli.common import HiststoreGroup, emit_rows, format_option, pass_store
+from histstore.cluster import CLUSTER_HELP
 from histstore.embeddings.stain_settings import STAIN_NORMS
 
 
@@ -27,20 +28,23 @@ from histstore.embeddings.stain_settings import STAIN_NORMS
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: AMP on CUDA, bf16 on CPUs with native bf16, else fp32.")
-@click.option("--workers", type=int, help="Tile-reading worker processes; 0 reads on a background thread in "
-              "this process [default: 0 on CPU, 8 on CUDA].")
+@click.option("--workers", type=int, help="--cluster none: tile-reading worker processes; 0 reads on a background "
+              "thread in this process [default: 0 on CPU, 8 on CUDA]. Other --cluster: Dask workers (local) or "
+              "jobs (slurm, pbs), each reading on a background thread.")
+@click.option("--cluster", default="none", show_default=True, help=CLUSTER_HELP)
 @click.option("--name", help="Name of the embedding set [default: <encoder>@<tiling>-<stain norm>].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random-init encoder.")
 @pass_store
 def embed(store, encoder, cohort, tiling, weights, random_init, stain_norm, stain_tiles, batch_size, device,
-          precision, workers, name, dtype, seed):
+          precision, workers, cluster, name, dtype, seed):
     """Embed every tile of a cohort with a frozen encoder into zarr (resumable)."""
     from histstore.embed import embed as run_embed
 
     r = run_embed(store, encoder, cohort, tiling=tiling, weights=weights, allow_random=random_init,
                   seed=seed, stain_norm=stain_norm, batch_size=batch_size, device=device,
-                  workers=workers, precision=precision, name=name, dtype=dtype, stain_tiles=stain_tiles)
+                  workers=workers, precision=precision, name=name, dtype=dtype, stain_tiles=stain_tiles,
+                  cluster=cluster)
     for note in r.warnings:
         click.echo(f"warning: {note}", err=True)
     verb = "created" if r.created else "reused"

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from histstore.cli.common import pass_store
+from histstore.cluster import CLUSTER_HELP
 
 
 @click.command()
@@ -22,14 +23,16 @@ from histstore.cli.common import pass_store
 @click.option("--min-tissue", type=float,
               help="With --tile-rule min-tissue: drop tiles with less tissue than this fraction [default: 0.5].")
 @click.option("--assume-mpp", type=float, help="Level-0 um/px for slides whose file does not say (never guessed).")
-@click.option("--workers", type=int, help="Worker processes [default: min(4, CPUs)].")
+@click.option("--workers", type=int, help="Worker processes (--cluster none, local) or jobs (slurm, pbs) "
+              "[default: min(4, CPUs)].")
+@click.option("--cluster", default="none", show_default=True, help=CLUSTER_HELP)
 @click.option("--case-id", "case_id_mode", type=click.Choice(["slide"]),
               help="'slide': a slide with no case id (manifest case_id, sample sheet Case ID) and no "
                    "TCGA barcode is its own case. Without it such slides are refused: with made-up "
                    "case ids two slides of one patient can land in train and test of one fold.")
 @pass_store
 def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, tile_rule, min_tissue, assume_mpp,
-           workers, case_id_mode):
+           workers, cluster, case_id_mode):
     """Catalogue slides and tile them on tissue.
 
     SOURCE is a folder of slides, a CSV manifest (path[,slide_id,case_id]) or a GDC sample
@@ -48,7 +51,7 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, tile_r
     spec = TilingSpec(target_mpp=target, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue,
                       tile_rule=tile_rule)
     report = run_ingest(store, source, spec, cohort=cohort, assume_mpp=assume_mpp, workers=workers,
-                        case_id_mode=case_id_mode)
+                        case_id_mode=case_id_mode, cluster=cluster)
     for o in report.outcomes:
         if o.status in ("failed", "changed"):
             click.echo(f"{o.status}: {o.slide_id}: {o.message}", err=True)

@@ -25,6 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from histstore.catalog.cohorts import cohort_slide_ids
+from histstore.cluster import ClusterSpec, DaskRunner, Task, check_shared_store, guarded, parse_cluster, remove_token
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
@@ -34,7 +35,7 @@ from histstore.errors import EmptyCohort, HiststoreError, InvalidInput, MissingS
 from histstore.faults import fault_point
 from histstore.ids import check_id
 from histstore.jobs import Heartbeat, interrupt_dead_runs, record_progress
-from histstore.progress import progress_bar
+from histstore.progress import TileRate, progress_bar
 from histstore.runs import create_run, end_run, run_outcome
 from histstore.store import Store
 
@@ -77,14 +78,6 @@ def choose_tiling(conn: sa.Connection, slide_ids: list[str], tiling: str | None)
         raise InvalidInput("the cohort's slides have several tilings; choose one with --tiling: "
                            + ", ".join(f"{r[0]} ({r[1]}px@{r[2]:g}mpp, {r[3]} slides)" for r in rows))
     return rows[0][0]
-
-
-def _state_hash(model) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -156,18 +149,30 @@ def _resolve_encoder(store: Store, found: EncoderInfo | None, ref: str, weights:
     return _EncoderPlan(None, f"{ref}-random-seed{seed}", "random", ref, dim, {"seed": seed}), model, dim
 
 
+def _encoder_ref(plan: _EncoderPlan, model, store: Store, seed: int):
+    """How a worker rebuilds this encoder (checkpoint path on the shared store, or seed)."""
+    from histstore.embeddings.slide_embed import EncoderRef, state_hash
+
+    path = None if plan.checkpoint_path is None else str(store.resolve(plan.checkpoint_path))
+    seed = int((plan.settings or {}).get("seed", seed)) if plan.method == "random" else seed
+    return EncoderRef(plan.architecture, plan.method, path, plan.checkpoint_sha256, seed, state_hash(model))
+
+
 def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
           weights: Path | None = None, allow_random: bool = False, seed: int = 0,
           stain_norm: str = "macenko", batch_size: int = 64, device: str = "auto",
           workers: int | None = None, precision: str = "auto", name: str | None = None,
-          dtype: str = "float16", show_progress: bool = True, stain_tiles: int = 128) -> EmbedReport:
+          dtype: str = "float16", show_progress: bool = True, stain_tiles: int = 128,
+          cluster: ClusterSpec | str | None = None) -> EmbedReport:
     """Embed the cohort's tiles (see the module docstring). stain_norm: `macenko` (one fit
-    per slide from up to stain_tiles sampled tiles), `macenko-tile` (a fit per tile) or `none`."""
+    per slide from up to stain_tiles sampled tiles), `macenko-tile` (a fit per tile) or `none`.
+    cluster (histstore.cluster): `none` embeds here, with `workers` tile-reading processes;
+    otherwise one Dask task per slide (`workers`: the cluster's size), registered here."""
     import torch
 
     from histstore.devices import resolve_amp, resolve_device
-    from histstore.embeddings.dataset import TileDataset, load_slide_tiles, tile_batches
-    from histstore.encoders.backbones import preprocess
+    from histstore.embeddings.dataset import load_slide_tiles
+    from histstore.embeddings.slide_embed import EmbedJob
 
     stain = StainSettings(check_stain_norm(stain_norm), max_tiles=stain_tiles)
     if dtype not in DTYPES:
@@ -177,6 +182,9 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
     if name is not None:
         check_id(name, "embedding set name (--name)")
     check_id(encoder, "encoder name (--encoder)")
+    where = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster)
+    if where.distributed:
+        where = parse_cluster(str(where), workers)
     dev = resolve_device(device)
     amp_dtype = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision], dev)
     if workers is None:
@@ -235,16 +243,22 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
         set_dir.mkdir(parents=True, exist_ok=True)
         arrays.clear_partials(set_dir)  # leftovers of interrupted runs (never a live writer's)
         report = EmbedReport(info.name, info.embedding_set_id, created, len(slide_ids), len(done),
-                             0, 0, 0.0, str(dev), str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32")
+                             0, 0, 0.0, f"Dask {where} workers ({device})" if where.distributed else str(dev),
+                             str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32")
         if todo:
             with store.read() as conn:
                 slides = load_slide_tiles(conn, todo, key)
             with Heartbeat(store, run_id, start_later=True) as beat, \
                     run_outcome(store, run_id, "run the same `histstore embed` again to continue"):
-                report.n_embedded, report.n_tiles = _run(
-                    store, info, slides, model, dev, amp_dtype, stain, batch_size, workers, dtype,
-                    show_progress, preprocess, TileDataset, tile_batches, run_id, len(slide_ids), beat,
-                    report.warnings)
+                if where.distributed:
+                    report.n_embedded, report.n_tiles = _run_distributed(
+                        store, info, slides, _encoder_ref(plan, model, store, seed),
+                        EmbedJob(stain, batch_size, dtype, dim, device, precision), where, show_progress,
+                        run_id, len(slide_ids), beat, report.warnings)
+                else:
+                    report.n_embedded, report.n_tiles = _run(
+                        store, info, slides, model, dev, amp_dtype, stain, batch_size, workers, dtype,
+                        show_progress, run_id, len(slide_ids), beat, report.warnings)
         with store.commit("the end of the embedding run") as conn:
             if len(finished_slides(conn, info.embedding_set_id)) >= len(slide_ids):
                 set_status(conn, info.embedding_set_id, "complete")
@@ -281,66 +295,113 @@ def _register(store: Store, info: EmbeddingSetInfo, writer: arrays.ArrayWriter, 
 
 
 def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, stain: StainSettings,
-         batch_size, workers, dtype, show_progress, preprocess, TileDataset, tile_loader,
-         run_id: int, n_cohort: int, beat: Heartbeat, warnings: list[str]) -> tuple[int, int]:
-    """Embed the slides; returns (slides registered by this run, tiles embedded)."""
-    import torch
-
+         batch_size, workers, dtype, show_progress, run_id: int, n_cohort: int, beat: Heartbeat,
+         warnings: list[str]) -> tuple[int, int]:
+    """Embed the slides in this process; returns (slides registered by this run, tiles embedded)."""
+    from histstore.embeddings.dataset import TileDataset
+    from histstore.embeddings.slide_embed import embed_loop, prepare_model, state_hash
     from histstore.embeddings.slide_stain import SlideStainer
 
-    model = model.to(dev).eval()
-    if dev.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    before = _state_hash(model)
-    dataset = TileDataset(slides)
-    # stain normalisation runs here, on the model's device, where each slide's fit is known
-    loader = tile_loader(dataset, batch_size, workers, "none", pin_memory=dev.type == "cuda")
-    offsets = dataset.offsets
-    stainer = SlideStainer(slides, offsets, stain)
-    set_dir = info.directory(store)
-    writer: arrays.ArrayWriter | None = None
-    current = -1
-    total = len(dataset)
+    model = prepare_model(model, dev)
+    before = state_hash(model)
+    stainer = SlideStainer(slides, TileDataset(slides).offsets, stain)
     registered = 0
-    bar = progress_bar(total=total, desc=f"embed {info.name}", unit="tile", disable=not show_progress)
+    bar = progress_bar(total=sum(len(s) for s in slides), desc=f"embed {info.name}", unit="tile",
+                       disable=not show_progress)
+    started = []
+
+    def on_batch(n: int) -> None:
+        if not started:  # the tile readers (if any) are forked before the heartbeat thread exists
+            beat.start()
+            started.append(True)
+        bar.update(n)
+
+    def on_slide(writer: arrays.ArrayWriter, slide_no: int) -> None:
+        nonlocal registered
+        registered += _register(store, info, writer, slides[slide_no], run_id,
+                                n_cohort - len(slides) + slide_no + 1, stainer, slide_no, warnings)
+        beat.touch()
+
     try:
-        batches = iter(loader)  # forks the tile readers (if any) ...
-        beat.start()            # ... before the heartbeat thread exists
-        with torch.inference_mode():
-            for tiles, index in batches:
-                tiles = stainer.normalise(tiles.to(dev, non_blocking=True), index.numpy())
-                x = preprocess(tiles, device=dev)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    out = model(x)
-                out = out.float().cpu().numpy()
-                index = index.numpy()
-                pos = 0
-                while pos < len(index):
-                    slide_no = int(np.searchsorted(offsets, index[pos], side="right") - 1)
-                    if slide_no != current:
-                        sl = slides[slide_no]
-                        writer = arrays.ArrayWriter(set_dir, sl.slide_id, len(sl), info.dim, dtype)
-                        current = slide_no
-                    end_row = offsets[slide_no + 1]
-                    take = int(min(len(index), pos + (end_row - index[pos])))
-                    writer.write(out[pos:take])
-                    pos = take
-                    if index[take - 1] == end_row - 1:  # slide complete: move into place, register
-                        sl = slides[slide_no]
-                        registered += _register(store, info, writer, sl, run_id,
-                                                n_cohort - len(slides) + slide_no + 1, stainer, slide_no,
-                                                warnings)
-                        writer = None
-                        beat.touch()
-                bar.update(len(index))
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
+        total = embed_loop(slides, model, dev, amp_dtype, stainer, batch_size, workers, dtype, info.dim,
+                           info.directory(store), on_slide, on_batch)
     finally:
         bar.close()
-    if _state_hash(model) != before:
+    if state_hash(model) != before:
         raise HiststoreError("the encoder's weights changed during embedding: results discarded")
     return registered, total
+
+
+def _register_result(store: Store, info: EmbeddingSetInfo, res, tiling_id: int, run_id: int,
+                     done: int, warnings: list[str]) -> bool:
+    """A worker's finished array (SlideEmbedResult), published and registered with its
+    slide_stain row in one commit, exactly as `_register` does in-process; False (array
+    discarded) when another process registered the slide meanwhile."""
+    set_dir = info.directory(store)
+    fault_point("embed.after_array_write")
+    note = None
+    with store.commit(f"slide {res.slide_id}") as conn:
+        taken = conn.exec_driver_sql(
+            "SELECT count(*) FROM embedding_arrays WHERE embedding_set_id = ? AND slide_id = ?",
+            (info.embedding_set_id, res.slide_id)).scalar()
+        if not taken:
+            arrays.publish_partial(set_dir, res.partial, arrays.slide_key(res.slide_id))
+            fault_point("embed.mid_commit")
+            register_array(conn, info, res.slide_id, tiling_id, res.n_rows, res.checksum)
+            if res.stain is not None:
+                note = res.stain.write(conn, info.embedding_set_id)
+        record_progress(conn, run_id, done=done)
+    if taken:
+        arrays.ArrayWriter.discard_path(res.partial, set_dir)
+    elif note:
+        warnings.append(note)
+    fault_point("embed.after_commit")
+    return not taken
+
+
+def _run_distributed(store: Store, info: EmbeddingSetInfo, slides, ref, job, where: ClusterSpec,
+                     show_progress: bool, run_id: int, n_cohort: int, beat: Heartbeat,
+                     warnings: list[str]) -> tuple[int, int]:
+    """Embed the slides on a Dask cluster, one task per slide (largest first); this process
+    registers each array as its task completes. A slide whose workers died too often (or that
+    failed on its worker) is left unregistered and named in the error raised at the end, after
+    every other slide is registered: running the same command again embeds just those."""
+    from histstore.embeddings.slide_embed import embed_slide
+
+    set_dir = info.directory(store)
+    tiling_of = {sl.slide_id: sl.tiling_id for sl in slides}
+    registered = tiles = 0
+    failed: list[str] = []
+    done = n_cohort - len(slides)
+    bar = progress_bar(total=n_cohort, desc=f"embed {info.name}", unit="slide", disable=not show_progress)
+    bar.update(done)
+    rate = TileRate()
+    token = None
+    try:
+        with DaskRunner(where) as runner:
+            if runner.has_resource("GPU"):  # GPU workers take one GPU each
+                runner.resources = {"GPU": 1}
+            token = check_shared_store(runner, store.root)
+            beat.start()
+            tasks = [Task(sl.slide_id, guarded, (str(token), embed_slide, str(set_dir), sl, ref, job), len(sl))
+                     for sl in slides]
+            for result in runner.run(tasks):
+                if result.error is not None:
+                    failed.append(result.error)
+                    continue
+                res = result.value
+                done += 1
+                registered += _register_result(store, info, res, tiling_of[res.slide_id], run_id, done, warnings)
+                tiles += res.n_rows
+                beat.touch()
+                bar.update(1)
+                bar.set_postfix(tiles_s=rate.add(res.n_rows), failed=len(failed), refresh=False)
+    finally:
+        bar.close()
+        remove_token(token)
+        arrays.clear_partials(set_dir)  # arrays of workers that died or were cancelled (this host)
+    if failed:
+        raise HiststoreError(f"{len(failed)} of {len(slides)} slides not embedded ({'; '.join(failed[:3])}"
+                             + ("; ..." if len(failed) > 3 else "") + "); the others are registered - run the "
+                             "same command again to embed the rest")
+    return registered, tiles

@@ -37,8 +37,36 @@ def fault_point(name: str) -> None:
     if _SPEC is None or name != _NAME:
         return
     _hits += 1
-    if _hits >= _HITS_WANTED:
+    if _hits >= _HITS_WANTED and _first_time():
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 configure(os.environ.get("HISTSTORE_FAULT"))
+
+
+def active(name: str) -> bool:
+    """Is the point `name` armed? For simulated conditions that are not a crash (a worker
+    that cannot see the store)."""
+    return _SPEC is not None and name == _NAME
+
+
+def configure_once(spec: str | None, marker: str) -> None:
+    """Arm `spec` in this process so that it fires at most once across all processes armed
+    with the same `marker` file (a Dask worker killed on a slide must not be killed again when
+    the slide is retried on another worker)."""
+    global _ONCE
+    configure(spec)
+    _ONCE = marker
+
+
+_ONCE: str | None = None
+
+
+def _first_time() -> bool:
+    if _ONCE is None:
+        return True
+    try:
+        os.close(os.open(_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False

@@ -9,8 +9,6 @@ changed meanwhile (the same slide registered by a concurrent ingest: skipped).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +18,13 @@ import sqlalchemy as sa
 
 from histstore.catalog.bulk import insert_frame, query_numpy
 from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
+from histstore.cluster import (ClusterSpec, Task, check_shared_store, default_workers, guarded, open_runner,
+                               parse_cluster, remove_token)
 from histstore.errors import HiststoreError, InvalidInput
 from histstore.faults import fault_point
 from histstore.ids import path_component
 from histstore.keys import settings_key
-from histstore.progress import progress_bar
+from histstore.progress import TileRate, progress_bar
 from histstore.sources import SlideSource, read_source
 from histstore.store import Store
 from histstore.wsi.tiling import TilingSpec
@@ -199,18 +199,26 @@ def _register_failure(conn: sa.Connection, src: SlideSource, message: str, exist
         "case_id_source": src.case_id_source}]))
 
 
-def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 1)))
+def _file_size(path) -> float:
+    try:
+        return float(os.path.getsize(path))
+    except OSError:
+        return 0.0
 
 
 def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | None = None,
            assume_mpp: float | None = None, workers: int | None = None,
-           show_progress: bool = True, case_id_mode: str | None = None) -> IngestReport:
+           show_progress: bool = True, case_id_mode: str | None = None,
+           cluster: ClusterSpec | str | None = None) -> IngestReport:
     """Ingest every slide of `source`; returns per-slide outcomes (failures do not raise).
+    cluster: where the per-slide work runs (histstore.cluster; default `none`: this machine's
+    spawn pool of `workers`); this process registers every slide either way.
     case_id_mode 'slide' (--case-id slide): a slide with no case id and no TCGA barcode is
     its own case; without it such slides are refused (see sources.assign_cases)."""
     if cohort is not None:
         check_cohort_name(cohort)
+    where = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(
+        cluster, max(1, workers) if workers is not None else None)
     if assume_mpp is not None and not assume_mpp > 0:
         raise InvalidInput(f"--assume-mpp must be > 0, got {assume_mpp}")
     with store.read() as conn:  # a slide ingested again (another tiling) keeps its case
@@ -227,6 +235,7 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         workers = default_workers() if workers is None else max(1, workers)
         bar = progress_bar(total=len(sources), desc="ingest", unit="slide", disable=not show_progress)
         bar.update(len(report.outcomes))
+        rate = TileRate()
 
         def handle(src: SlideSource, result, error: str | None) -> None:
             qc_rel = _write_qc(store, src.slide_id, key, result.qc_png) if result is not None else None
@@ -254,22 +263,25 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
             fault_point("ingest.after_commit")
             report.outcomes.append(outcome)
             bar.update(1)
-            bar.set_postfix(tiles=report.n_tiles, failed=report.count("failed"), refresh=False)
+            bar.set_postfix(tiles=report.n_tiles, tiles_s=rate.add(outcome.n_tiles),
+                            failed=report.count("failed"), refresh=False)
 
         spec_dict = spec.to_dict()
-        if workers == 1 or len(todo) <= 1:
-            for src in todo:
-                handle(src, *_process(str(src.path), spec_dict, assume_mpp))
-        else:
-            ctx = mp.get_context("spawn")  # never fork a process that may hold the DuckDB file
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-                futures = {pool.submit(_process, str(s.path), spec_dict, assume_mpp): s.slide_id for s in todo}
-                try:
-                    for fut in cf.as_completed(futures):
-                        handle(by_id[futures[fut]], *fut.result())
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+        tasks = [Task(s.slide_id, _process, (str(s.path), spec_dict, assume_mpp), _file_size(s.path))
+                 for s in todo]
+        with open_runner(where, 1 if len(todo) <= 1 else workers) as runner:
+            token = None
+            try:
+                if where.distributed:
+                    token = check_shared_store(runner, store.root)
+                    tasks = [Task(t.key, guarded, (str(token), t.fn, *t.args), t.size) for t in tasks]
+                for done in runner.run(tasks):
+                    if done.error is not None:  # its worker died too often (Dask)
+                        handle(by_id[done.task.key], None, done.error)
+                    else:
+                        handle(by_id[done.task.key], *done.value)
+            finally:
+                remove_token(token)
         bar.close()
         # slides already in the catalog (skipped) join the cohort too
         skipped = [o.slide_id for o in report.outcomes if o.status == "skipped"]

@@ -16,3 +16,19 @@ def progress_bar(total=None, desc: str = "", unit: str = "it", disable: bool = F
         disable = disable or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
                 mininterval=0.5, file=sys.stderr, **kw)
+
+
+class TileRate:
+    """Tiles per second since the job started, over everything it registered (a cluster's
+    workers together): `add(n)` after each slide returns the rate so far, rounded."""
+
+    def __init__(self):
+        import time
+
+        self._clock = time.perf_counter
+        self.start, self.tiles = self._clock(), 0
+
+    def add(self, n: int) -> float:
+        self.tiles += int(n)
+        elapsed = self._clock() - self.start
+        return round(self.tiles / elapsed, 1) if elapsed > 0 else 0.0

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = {"catalog", "wsi", "embeddings", "encoders", "mil", "reports", "interop", "evaluation"}
 # helpers every layer may use ("" is histstore/__init__.py: the version); they import only each
 # other, and the catalog (Store opens and migrates it)
-SHARED = {"", "errors", "store", "keys", "progress", "provenance", "tabular", "hashing", "devices", "barcodes",
+SHARED = {"", "errors", "store", "keys", "progress", "cluster", "provenance", "tabular", "hashing", "devices", "barcodes",
           "migrations", "ids", "fsops", "liveness", "faults"}
 
 

@@ -151,9 +151,7 @@ class ArrayWriter:
         Call while holding the catalog's write lock, after checking the slide is not
         registered in the set, and register it in the same transaction."""
         self.finish()
-        if self.final.exists():  # an orphan of an interrupted run (not in the catalog)
-            remove_tree(self.final, self.set_dir)
-        os.replace(self.tmp, self.final)
+        publish_partial(self.set_dir, self.tmp, self.final.name)
 
     def commit(self) -> str:
         """finish() and publish() at once (single-process use: tests, tools)."""
@@ -162,8 +160,13 @@ class ArrayWriter:
         return checksum
 
     def discard(self) -> None:
+        self.discard_path(self.tmp, self.set_dir)
+
+    @staticmethod
+    def discard_path(tmp: Path, set_dir: Path) -> None:
+        """Remove a finished or half-written array under set_dir/.partial/ (nothing else)."""
         try:
-            remove_tree(self.tmp, self.partial_dir)
+            remove_tree(Path(tmp), Path(set_dir) / PARTIAL_DIR)
         except OSError:
             pass
 
@@ -174,6 +177,20 @@ class ArrayWriter:
         if exc_type is not None:
             self.discard()
         return False
+
+
+def publish_partial(set_dir: Path, tmp: Path | str, final_name: str) -> None:
+    """Move a finished array from set_dir/.partial/ to its final name (replacing an unregistered
+    leftover there). The writer calls it holding the catalog's write lock, having checked
+    that the slide is not registered in the set (ArrayWriter.publish; arrays written by Dask
+    workers)."""
+    set_dir, tmp = Path(set_dir), Path(tmp)
+    if tmp.parent != set_dir / PARTIAL_DIR or not tmp.name.startswith(final_name + "."):
+        raise ValueError(f"{tmp} is not a partial array of {final_name} in {set_dir}")
+    final = set_dir / final_name
+    if final.exists():  # an orphan of an interrupted run (not in the catalog)
+        remove_tree(final, set_dir)
+    os.replace(tmp, final)
 
 
 def write_array(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str = "float16",

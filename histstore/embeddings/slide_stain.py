@@ -135,27 +135,53 @@ class SlideStainer:
         for s in np.unique(slide_no):
             self._fallbacks[int(s)] = self._fallbacks.get(int(s), 0) + int(fell_back[slide_no == s].sum())
 
-    def record(self, conn: sa.Connection, embedding_set_id: int, slide_no: int) -> str | None:
-        """Write the slide's row of `slide_stain` (in the caller's transaction, the one that
-        registers the slide's array) and forget the slide; returns a warning for a slide that
-        was not normalised, else None. Nothing is written for method `none`."""
+    def summary(self, slide_no: int) -> "StainRecord | None":
+        """What `slide_stain` records for the slide (None for method `none`): a plain value
+        that a Dask worker returns to the writer."""
         method = self.settings.method
         if method == "none":
             return None
         sl = self.slides[slide_no]
-        fallback = self._fallbacks.get(slide_no, 0)
         fitted = self._fits.get(slide_no) if method == "macenko" else None
-        self.forget(slide_no)
         fit = fitted.fit if fitted is not None else None
-        record_slide_stain(
-            conn, embedding_set_id, sl.slide_id, method=method,
-            stain_matrix=fit.stain_matrix if fit is not None and fit.ok else None,
-            max_c=fit.max_c if fit is not None and fit.ok else None,
+        ok = fit is not None and fit.ok
+        return StainRecord(
+            sl.slide_id, method,
+            stain_matrix=None if not ok else np.asarray(fit.stain_matrix, dtype=float).tolist(),
+            max_c=None if not ok else np.asarray(fit.max_c, dtype=float).tolist(),
             tiles_sampled=fitted.tiles_sampled if fitted is not None else None,
-            n_tiles=len(sl), tiles_fallback=fallback,
+            n_tiles=len(sl), tiles_fallback=self._fallbacks.get(slide_no, 0),
             note=fit.reason if fit is not None and not fit.ok else None)
-        if fit is not None and not fit.ok:
-            return f"slide {sl.slide_id}: no stain normalisation ({fit.reason})"
+
+    def record(self, conn: sa.Connection, embedding_set_id: int, slide_no: int) -> str | None:
+        """Write the slide's row of `slide_stain` (in the caller's transaction, the one that
+        registers the slide's array) and forget the slide; returns a warning for a slide that
+        was not normalised, else None. Nothing is written for method `none`."""
+        rec = self.summary(slide_no)
+        self.forget(slide_no)
+        return None if rec is None else rec.write(conn, embedding_set_id)
+
+
+@dataclass(frozen=True)
+class StainRecord:
+    """A slide's `slide_stain` row (see SlideStainer.summary)."""
+    slide_id: str
+    method: str
+    stain_matrix: list | None
+    max_c: list | None
+    tiles_sampled: int | None
+    n_tiles: int
+    tiles_fallback: int
+    note: str | None
+
+    def write(self, conn: sa.Connection, embedding_set_id: int) -> str | None:
+        """Insert the row; a warning for a slide that was not normalised, else None."""
+        record_slide_stain(conn, embedding_set_id, self.slide_id, method=self.method,
+                           stain_matrix=self.stain_matrix, max_c=self.max_c,
+                           tiles_sampled=self.tiles_sampled, n_tiles=self.n_tiles,
+                           tiles_fallback=self.tiles_fallback, note=self.note)
+        if self.method == "macenko" and self.note is not None:
+            return f"slide {self.slide_id}: no stain normalisation ({self.note})"
         return None
 
 
