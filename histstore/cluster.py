@@ -140,13 +140,19 @@ class LocalPool(InProcess):
 
 class DaskRunner(InProcess):
     """Tasks submitted to a Dask cluster (started here, or a running scheduler), largest first;
-    outcomes yielded as they complete. Leaving early (an error, Ctrl-C) cancels what is left
-    and closes the client and any cluster started here."""
+    outcomes yielded as they complete. `close` (the end of the `with` block, also after an
+    error or Ctrl-C) cancels what is left and closes the client and any cluster started here.
 
-    def __init__(self, spec: ClusterSpec, resources: dict | None = None):
-        self.spec, self.resources = spec, resources
+    abandon(value): called at close for tasks that finished but were never handed out, so
+    that what they wrote (an array under .partial/) does not stay behind."""
+
+    SETTLE_S = 0.5  # at close: how long results already on their way may take to arrive
+
+    def __init__(self, spec: ClusterSpec, resources: dict | None = None,
+                 abandon: Callable[[Any], None] | None = None):
+        self.spec, self.resources, self.abandon = spec, resources, abandon
         self.client, self.cluster = connect(spec)
-        self._futures: list = []
+        self._pending: dict = {}
 
     def workers(self) -> dict[str, dict]:
         return self.client.scheduler_info(n_workers=-1)["workers"]
@@ -158,38 +164,48 @@ class DaskRunner(InProcess):
         from distributed import as_completed
 
         ordered = largest_first(tasks)
-        futures = {}
         for rank, t in enumerate(ordered):
             fut = self.client.submit(t.fn, *t.args, key=f"histstore-{t.key}-{uuid.uuid4().hex[:8]}",
                                      pure=False, priority=len(ordered) - rank, resources=self.resources)
-            futures[fut] = t
-        self._futures = list(futures)
-        try:
-            for fut in as_completed(futures):
-                t = futures.pop(fut)
-                if fut.status == "finished":
-                    value = fut.result()
-                    fut.release()
-                    yield Done(t, value)
-                else:
-                    exc = fut.exception()
-                    fut.release()
-                    yield Done(t, error=_task_error(exc, t))
-        except BaseException:
-            self.cancel()
-            raise
+            self._pending[fut] = t
+        # no cancelling here on an error: the caller first withdraws its lease (the token
+        # file), then closes the runner, so tasks ending meanwhile clean up after themselves
+        for fut in as_completed(list(self._pending)):
+            t = self._pending.pop(fut)
+            if fut.status == "finished":
+                value = fut.result()
+                fut.release()
+                yield Done(t, value)
+            else:
+                exc = fut.exception()
+                fut.release()
+                yield Done(t, error=_task_error(exc, t))
 
     def cancel(self) -> None:
-        if self._futures:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        if self.abandon is not None:
+            from distributed import wait
+
             try:
-                self.client.cancel(self._futures, force=True)
+                wait(list(pending), timeout=self.SETTLE_S)
             except Exception:
                 pass
-            self._futures = []
+            for fut in pending:
+                if fut.status == "finished":
+                    try:
+                        self.abandon(fut.result(timeout=10))
+                    except Exception:
+                        pass
+        try:
+            self.client.cancel(list(pending), force=True)
+        except Exception:
+            pass
 
     def close(self) -> None:
-        self.cancel()
         try:
+            self.cancel()
             self.client.close(timeout=10)
         finally:
             if self.cluster is not None:

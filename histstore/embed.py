@@ -25,7 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from histstore.catalog.cohorts import cohort_slide_ids
-from histstore.cluster import ClusterSpec, DaskRunner, Task, check_shared_store, guarded, parse_cluster, remove_token
+from histstore.cluster import ClusterSpec, DaskRunner, Task, check_shared_store, parse_cluster, remove_token
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, set_status)
@@ -376,29 +376,36 @@ def _run_distributed(store: Store, info: EmbeddingSetInfo, slides, ref, job, whe
     bar = progress_bar(total=n_cohort, desc=f"embed {info.name}", unit="slide", disable=not show_progress)
     bar.update(done)
     rate = TileRate()
-    token = None
     try:
-        with DaskRunner(where) as runner:
+        abandon = lambda res: arrays.ArrayWriter.discard_path(res.partial, set_dir)  # noqa: E731
+        with DaskRunner(where, abandon=abandon) as runner:
             if runner.has_resource("GPU"):  # GPU workers take one GPU each
                 runner.resources = {"GPU": 1}
             token = check_shared_store(runner, store.root)
-            beat.start()
-            tasks = [Task(sl.slide_id, guarded, (str(token), embed_slide, str(set_dir), sl, ref, job), len(sl))
-                     for sl in slides]
-            for result in runner.run(tasks):
-                if result.error is not None:
-                    failed.append(result.error)
-                    continue
-                res = result.value
-                done += 1
-                registered += _register_result(store, info, res, tiling_of[res.slide_id], run_id, done, warnings)
-                tiles += res.n_rows
-                beat.touch()
-                bar.update(1)
-                bar.set_postfix(tiles_s=rate.add(res.n_rows), failed=len(failed), refresh=False)
+            try:
+                beat.start()
+                tasks = [Task(sl.slide_id, embed_slide, (str(set_dir), sl, ref, job, str(token)), len(sl))
+                         for sl in slides]
+                for result in runner.run(tasks):
+                    if result.error is not None:
+                        failed.append(result.error)
+                        continue
+                    res = result.value
+                    done += 1
+                    try:
+                        registered += _register_result(store, info, res, tiling_of[res.slide_id], run_id, done,
+                                                       warnings)
+                    except BaseException:  # not registered: nobody else will publish it
+                        arrays.ArrayWriter.discard_path(res.partial, set_dir)
+                        raise
+                    tiles += res.n_rows
+                    beat.touch()
+                    bar.update(1)
+                    bar.set_postfix(tiles_s=rate.add(res.n_rows), failed=len(failed), refresh=False)
+            finally:
+                remove_token(token)  # first: tasks still running discard their arrays (the lease)
     finally:
         bar.close()
-        remove_token(token)
         arrays.clear_partials(set_dir)  # arrays of workers that died or were cancelled (this host)
     if failed:
         raise HiststoreError(f"{len(failed)} of {len(slides)} slides not embedded ({'; '.join(failed[:3])}"

@@ -169,10 +169,20 @@ def _worker_model(ref: EncoderRef, job: EmbedJob):
     return got
 
 
-def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob) -> SlideEmbedResult:
+def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob,
+                lease: str | None = None) -> SlideEmbedResult:
     """On a worker: embed one slide into its array under .partial/ in the set's folder (shared
-    store), and return what the writer registers. Pure apart from that file."""
+    store), and return what the writer registers. Pure apart from that file.
+
+    lease: a file the writer keeps in the store while it registers results (the shared file
+    system check's token); when it is gone (the writer stopped, was interrupted) the array is
+    removed again instead of being left for nobody to register."""
+    import os
     import socket
+
+    if lease is not None and not os.path.exists(lease):
+        raise HiststoreError(f"worker on {socket.gethostname()} cannot see the store at "
+                             f"{os.path.dirname(lease)} (or its writer has stopped)")
 
     from histstore.embeddings.slide_stain import SlideStainer
 
@@ -188,6 +198,8 @@ def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob)
     n = embed_loop([slide], model, dev, amp, stainer, job.batch_size, 0, job.dtype, job.dim, Path(set_dir), keep)
     try:
         fault_point(f"embed.worker_slide/{slide.slide_id}")
+        if lease is not None and not os.path.exists(lease):
+            raise HiststoreError("the writer has stopped: array discarded")
         if state_hash(model) != weights:
             _MODELS.clear()
             raise HiststoreError("the encoder's weights changed during embedding: results discarded")
