@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from histstore.cli.common import HiststoreGroup, pass_store
+from histstore.cluster import CLUSTER_HELP
 
 
 @click.group(cls=HiststoreGroup)
@@ -33,15 +34,19 @@ def features():
                    "(else refused: patients must not span train and test of one fold).")
 @click.option("--dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Stored dtype; auto keeps float16 files float16, anything else becomes float32.")
+@click.option("--cluster", default="none", show_default=True, help=CLUSTER_HELP)
+@click.option("--workers", type=int, help="Dask workers (--cluster local) or jobs (slurm, pbs) "
+              "[default: min(4, CPUs)].")
 @pass_store
 def features_import(store, directory, name, cohort, fmt, patch_size, patch_level, mapping, coords_dir,
-                    register_slides, case_id_mode, dtype):
+                    register_slides, case_id_mode, dtype, cluster, workers):
     """Import one feature file per slide (features [N, D] + level-0 coords [N, 2]) from DIRECTORY."""
     from histstore.interop import import_features
 
     r = import_features(store, directory, name=name, cohort=cohort, fmt=fmt, patch_size=patch_size,
                         patch_level=patch_level, mapping=mapping, register_slides=register_slides,
-                        coords_dir=coords_dir, dtype=dtype, case_id_mode=case_id_mode)
+                        coords_dir=coords_dir, dtype=dtype, case_id_mode=case_id_mode,
+                        cluster=cluster, workers=workers)
     for o in r.outcomes:
         if o.status == "imported" and o.message:
             click.echo(f"note: {o.line()}", err=True)

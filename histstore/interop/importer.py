@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from histstore.barcodes import assign_cases, check_case_id_mode
 from histstore.catalog.cohorts import add_to_cohort, check_cohort_name
+from histstore.cluster import ClusterSpec, DaskRunner, Task, check_shared_store, parse_cluster, remove_token
 from histstore.embeddings import arrays
 from histstore.embeddings.sets import (EmbeddingSetInfo, finished_slides, get_or_create_set,
                                        register_array, resolve_set, set_status)
@@ -32,9 +33,9 @@ from histstore.interop.feature_writer import write_features
 from histstore.interop.formats import FileProblem
 from histstore.interop.import_plan import (PlannedFile, choose_dim_dtype, known_slides, plan_files, probe_all,
                                            resolve_ids)
-from histstore.interop.tile_matching import (insert_imported_tiling, level_downsamples, match_tiling,
-                                             register_slide_without_pixels)
-from histstore.progress import progress_bar
+from histstore.interop.tile_matching import (insert_imported_tiling, level_downsamples, match_candidates,
+                                             register_slide_without_pixels, tiling_candidates)
+from histstore.progress import TileRate, progress_bar
 from histstore.store import Store
 
 DTYPES = ("auto", "float16", "float32")
@@ -96,66 +97,167 @@ class ImportReport:
         return text
 
 
+@dataclass
+class PreparedFile:
+    """A file read, checked, matched to a tiling and written under .partial/ (prepare_file):
+    what the writer registers. features are dropped (they are in the array)."""
+    slide_id: str
+    partial: str
+    checksum: str
+    n_rows: int
+    tiling_id: int | None
+    kind: str | None
+    xy: np.ndarray | None        # corners, for a new imported tiling
+    geom: checks.PatchGeometry
+    ff: formats.FeatureFile
+    notes: list[str]
+
+
+def prepare_file(store_root: str, set_dir: str, path: Path, sid: str, slide: dict | None, fmt: str,
+                 coords_dir: Path | None, patch_size: int | None, patch_level: int | None, dim: int,
+                 dtype: str, candidates: list[tuple] | None, lease: str | None = None):
+    """Per file, anywhere (this process or a Dask worker): (PreparedFile, None), or (None, the
+    file's problem in one line). candidates: the slide's tilings (tiling_candidates), None for
+    a slide not in the catalog. Only the array under .partial/ is written."""
+    import os
+
+    if lease is not None and not os.path.exists(lease):
+        raise FileNotFoundError(f"this worker cannot see the store {store_root} (or its writer has stopped)")
+    try:
+        ff = formats.read_feature_file(path, fmt, coords_dir)
+        width = slide["width"] if slide else None
+        height = slide["height"] if slide else None
+        xy = checks.check_arrays(ff.features, ff.coords, dim, width, height)
+        geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, None)
+        if not geom.exact:
+            ds = level_downsamples(Store(store_root), slide)
+            if ds is not None:
+                geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
+        tiling_id, kind, order, note = (None, None, None, None)
+        if candidates is not None:
+            tiling_id, kind, order, note = match_candidates(candidates, xy, geom.size_l0)
+        data = np.asarray(ff.features if order is None else ff.features[order])
+        if np.dtype(dtype) != data.dtype:
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = data.astype(dtype)
+            if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+                raise FileProblem(f"values do not fit {dtype} (|x| > {np.finfo(dtype).max:g}); "
+                                  "import into a float32 set (--dtype float32)")
+            data = cast
+    except FileProblem as exc:
+        return None, str(exc)
+    notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
+                         f"{geom.source}, size_l0 = {geom.size_l0}") if n]
+    writer = write_features(Path(set_dir), sid, data, dtype)
+    if lease is not None and not os.path.exists(lease):
+        writer.discard()
+        raise FileNotFoundError("the writer has stopped: array discarded")
+    ff.features = None  # in the array now; not sent back
+    return PreparedFile(sid, str(writer.tmp), writer.finish(), int(data.shape[0]), tiling_id, kind,
+                        None if tiling_id is not None else xy, geom, ff, notes), None
+
+
 def _import_one(store: Store, info: EmbeddingSetInfo, item: PlannedFile,
                 slide: dict | None, fmt: str, coords_dir: Path | None, patch_size: int | None,
                 patch_level: int | None, cohort: str, report: ImportReport) -> tuple[FileOutcome, dict]:
-    name, sid = item.path.name, item.slide_id
-    ff = formats.read_feature_file(item.path, fmt, coords_dir)
-    width = slide["width"] if slide else None
-    height = slide["height"] if slide else None
-    xy = checks.check_arrays(ff.features, ff.coords, info.dim, width, height)
-    geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, None)
-    if not geom.exact:
-        ds = level_downsamples(store, slide)
-        if ds is not None:
-            geom = checks.patch_geometry(ff.attrs, patch_size, patch_level, ds)
-    tiling_id, kind, order, note = (None, None, None, None)
+    """One file in this process: prepare, then register."""
+    candidates = None
     if slide is not None:
         with store.read() as conn:
-            tiling_id, kind, order, note = match_tiling(conn, sid, xy, geom.size_l0)
-    data = ff.features if order is None else ff.features[order]
-    data = np.asarray(data)
-    if np.dtype(info.dtype) != data.dtype:
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = data.astype(info.dtype)
-        if cast.dtype.kind == "f" and not np.isfinite(cast).all():
-            raise FileProblem(f"values do not fit {info.dtype} (|x| > {np.finfo(info.dtype).max:g}); "
-                              "import into a float32 set (--dtype float32)")
-        data = cast
-    notes = [n for n in (note, None if geom.exact else f"tile size in level-0 pixels unknown: "
-                         f"{geom.source}, size_l0 = {geom.size_l0}") if n]
+            candidates = tiling_candidates(conn, item.slide_id)
+    prepared, problem = prepare_file(str(store.root), str(info.directory(store)), item.path, item.slide_id,
+                                     slide, fmt, coords_dir, patch_size, patch_level, info.dim, info.dtype,
+                                     candidates)
+    if problem is not None:
+        raise FileProblem(problem)
+    return register_prepared(store, info, item, prepared, slide, cohort, report), prepared.ff.attrs
+
+
+def register_prepared(store: Store, info: EmbeddingSetInfo, item: PlannedFile, prep: PreparedFile,
+                      slide: dict | None, cohort: str, report: ImportReport) -> FileOutcome:
+    """The writer's part: publish the array and register slide (without pixels), tiling (when
+    new), the array row and cohort membership in one commit."""
+    name, sid = item.path.name, item.slide_id
     set_dir = info.directory(store)
-    writer = write_features(set_dir, sid, data, info.dtype)
     fault_point("import.after_array_write")
+    tiling_id = prep.tiling_id
     try:
         with store.commit(f"slide {sid}") as conn:
             if sid in _registered(conn, info.embedding_set_id, [sid]):
-                writer.discard()  # another import registered it meanwhile
-                return FileOutcome(name, sid, "skipped"), ff.attrs
+                arrays.ArrayWriter.discard_path(prep.partial, set_dir)  # another import registered it meanwhile
+                return FileOutcome(name, sid, "skipped")
             registered_now = conn.exec_driver_sql(
                 "SELECT count(*) FROM slides WHERE slide_id = ?", (sid,)).scalar()
             if slide is None and not registered_now:
                 register_slide_without_pixels(conn, sid, item.case_id, item.case_id_source)
             if tiling_id is None:
-                tiling_id = insert_imported_tiling(conn, sid, xy, geom, fmt, ff, slide["mpp"] if slide else None)
+                tiling_id = insert_imported_tiling(conn, sid, prep.xy, prep.geom, report.source_format, prep.ff, slide["mpp"] if slide else None)
                 what = "new imported tiling"
             else:
-                what = f"matched {kind} tiling"
-            writer.publish()
+                what = f"matched {prep.kind} tiling"
+            arrays.publish_partial(set_dir, prep.partial, arrays.slide_key(sid))
             try:
                 fault_point("import.mid_commit")
-                register_array(conn, info, sid, tiling_id, data.shape[0], writer.finish())
+                register_array(conn, info, sid, tiling_id, prep.n_rows, prep.checksum)
                 add_to_cohort(conn, cohort, [sid])
             except BaseException:
                 arrays.remove_array(set_dir, sid)  # still holding the lock: it is ours
                 raise
     except BaseException:
-        writer.discard()  # the catalog never saw it: leave nothing behind
+        arrays.ArrayWriter.discard_path(prep.partial, set_dir)  # the catalog never saw it
         raise
     if slide is None and not registered_now:
         report.registered_slides.append(sid)
-    return FileOutcome(name, sid, "imported", int(data.shape[0]), int(tiling_id), what,
-                       "; ".join(notes) or None), ff.attrs
+    return FileOutcome(name, sid, "imported", prep.n_rows, int(tiling_id), what, "; ".join(prep.notes) or None)
+
+
+def _import_distributed(store: Store, info: EmbeddingSetInfo, todo: list[PlannedFile], known: dict, fmt: str,
+                        coords_dir: Path | None, patch_size: int | None, patch_level: int | None, cohort: str,
+                        report: ImportReport, where: ClusterSpec, bar) -> dict | None:
+    """One Dask task per file (largest first), registered here as each completes; a file whose
+    workers died too often is a failed file like any other. Returns the first file's attrs."""
+    set_dir = info.directory(store)
+    by_id = {p.slide_id: p for p in todo}
+    with store.read() as conn:  # the tilings files may match, read once
+        candidates = {p.slide_id: tiling_candidates(conn, p.slide_id) for p in todo
+                      if known.get(p.slide_id) is not None}
+    first_attrs = None
+    rate = TileRate()
+    abandon = lambda v: v[0] is not None and arrays.ArrayWriter.discard_path(v[0].partial, set_dir)  # noqa: E731
+    with DaskRunner(where, abandon=abandon) as runner:
+        token = check_shared_store(runner, store.root)
+        try:
+            tasks = [Task(p.slide_id, prepare_file,
+                          (str(store.root), str(set_dir), p.path, p.slide_id, known.get(p.slide_id), fmt, coords_dir,
+                           patch_size, patch_level, info.dim, info.dtype, candidates.get(p.slide_id), str(token)),
+                          _size(p.path)) for p in todo]
+            for done in runner.run(tasks):
+                item = by_id[done.task.key]
+                prepared, problem = done.value if done.error is None else (None, done.error)
+                if prepared is None:
+                    outcome = FileOutcome(item.path.name, item.slide_id, "failed", message=problem)
+                else:
+                    try:
+                        outcome = register_prepared(store, info, item, prepared, known.get(item.slide_id), cohort,
+                                                    report)
+                    except FileProblem as exc:
+                        outcome = FileOutcome(item.path.name, item.slide_id, "failed", message=str(exc))
+                    if first_attrs is None:
+                        first_attrs = prepared.ff.attrs
+                report.outcomes.append(outcome)
+                bar.update(1)
+                bar.set_postfix(tiles_s=rate.add(outcome.n_rows), refresh=False)
+        finally:
+            remove_token(token)
+    arrays.clear_partials(set_dir)  # arrays of workers that died (this host)
+    return first_attrs
+
+
+def _size(path: Path) -> float:
+    try:
+        return float(path.stat().st_size)
+    except OSError:
+        return 0.0
 
 
 def _registered(conn: sa.Connection, embedding_set_id: int, slide_ids: list[str]) -> set[str]:
@@ -175,7 +277,8 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
                     patch_level: int | None = None, mapping: Path | str | None = None,
                     register_slides: bool = False, coords_dir: Path | str | None = None,
                     dtype: str = "auto", show_progress: bool = True,
-                    case_id_mode: str | None = None) -> ImportReport:
+                    case_id_mode: str | None = None, cluster: ClusterSpec | str | None = None,
+                    workers: int | None = None) -> ImportReport:
     """Import one feature file per slide from `directory` into embedding set `name`.
 
     Bad files are reported in `ImportReport.outcomes` (status 'failed', one-line message) and
@@ -184,6 +287,7 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
     set of other settings). Slides registered without pixels get their case from the
     mapping's case_id column or their TCGA barcode; others need case_id_mode 'slide'.
     """
+    where = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, workers)
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidInput(f"{directory} is not a folder")
@@ -283,6 +387,10 @@ def import_features(store: Store, directory: Path | str, *, name: str, cohort: s
 
         bar = progress_bar(total=len(todo), desc="import", unit="file", disable=not show_progress)
         first_attrs = None
+        if where.distributed and todo:
+            first_attrs = _import_distributed(store, info, todo, known, fmt, coords_dir, patch_size, patch_level,
+                                              cohort, report, where, bar)
+            todo = []
         for item in todo:
             try:
                 outcome, attrs = _import_one(store, info, item, known.get(item.slide_id), fmt,

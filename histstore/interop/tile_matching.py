@@ -27,20 +27,34 @@ def level_downsamples(store: Store, slide: dict | None) -> tuple[float, ...] | N
         return None
 
 
+def tiling_candidates(conn: sa.Connection, slide_id: str) -> list[tuple]:
+    """The slide's tilings a file may match, grid tilings first: (tiling_id, kind, size_l0,
+    idx, x, y) - read once by the writer, matched anywhere (a worker)."""
+    out = []
+    for tiling_id, kind, size_l0 in conn.exec_driver_sql(
+            "SELECT tiling_id, kind, size_l0 FROM tilings WHERE slide_id = ? "
+            "ORDER BY kind = 'grid' DESC, tiling_id", (slide_id,)).all():
+        t = query_numpy(conn, "SELECT idx, x, y FROM tiles WHERE tiling_id = $1", [tiling_id])
+        out.append((tiling_id, kind, size_l0, t["idx"], t["x"], t["y"]))
+    return out
+
+
 def match_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, size_l0: int):
+    return match_candidates(tiling_candidates(conn, slide_id), xy, size_l0)
+
+
+def match_candidates(candidates: list[tuple], xy: np.ndarray, size_l0: int):
     """(tiling_id, kind, order, None) of an existing tiling of this tile size with exactly these
     corners (grid tilings first), else (None, None, None, note on the closest miss or None)."""
-    cands = conn.exec_driver_sql(
-        "SELECT tiling_id, kind, n_tiles FROM tilings WHERE slide_id = ? AND size_l0 = ? "
-        "ORDER BY kind = 'grid' DESC, tiling_id", (slide_id, int(size_l0))).all()
     best = None
-    for tiling_id, kind, n_tiles in cands:
-        t = query_numpy(conn, "SELECT idx, x, y FROM tiles WHERE tiling_id = $1", [tiling_id])
-        order, n_matched = checks.align_to_tiles(xy, t["idx"], t["x"], t["y"])
+    for tiling_id, kind, cand_size, idx, x, y in candidates:
+        if cand_size is None or int(cand_size) != int(size_l0):
+            continue
+        order, n_matched = checks.align_to_tiles(xy, idx, x, y)
         if order is not None:
             return tiling_id, kind, order, None
         if best is None or n_matched > best[1]:
-            best = (tiling_id, n_matched, len(t["idx"]))
+            best = (tiling_id, n_matched, len(idx))
     note = None
     if best is not None and best[1]:
         note = (f"{best[1]} of {len(xy)} corners are tiles of tiling {best[0]} ({best[2]} tiles): "

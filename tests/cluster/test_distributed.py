@@ -180,6 +180,27 @@ def test_interrupted_distributed_embed_resumes(ingested, reference, local_cluste
     assert_verify_clean(store)
 
 
+def test_features_import_on_a_local_cluster_equals_none(ingested, reference, local_cluster, tmp_path):
+    """Files exported from the reference set, imported with and without a cluster: the same
+    rows (matched to the grid tiling) and the same arrays."""
+    from histstore.interop import import_features
+    from histstore.interop.exporter import export_features
+
+    export_features(reference, 1, tmp_path / "h5")
+    results = {}
+    for where in ("none", address_of(local_cluster)):
+        store = copy_store(ingested, tmp_path / f"store-{len(results)}")
+        rep = import_features(store, tmp_path / "h5", name="imp", cohort="imp", cluster=where, show_progress=False)
+        assert rep.ok and rep.count("imported") == N_SLIDES
+        assert {o.tiling for o in rep.outcomes} == {"matched grid tiling"}
+        results[where] = (rows(store, "SELECT slide_id, tiling_id, n_rows, dim, checksum FROM embedding_arrays "
+                                      "ORDER BY 1"), embedded_arrays(store), store)
+    (rows_a, arr_a, _), (rows_b, arr_b, dist) = results.values()
+    assert rows_a == rows_b and len(rows_a) == N_SLIDES
+    assert all(np.array_equal(arr_a[s], arr_b[s]) for s in arr_a)
+    assert_verify_clean(dist)
+
+
 def test_a_worker_that_cannot_see_the_store_is_named(manifest, tmp_path):
     """Simulated: the worker's check is told (env var) that its view of the file system differs."""
     import logging
