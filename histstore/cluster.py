@@ -33,6 +33,11 @@ CLUSTER_HELP = ("Where per-slide work runs: none (this machine, as always), loca
 # times before it is recorded as failed (Dask's `distributed.scheduler.allowed-failures`; set
 # for clusters histstore starts, an existing scheduler keeps its own setting)
 ALLOWED_FAILURES = 2
+# each worker holds only the slide it runs, none queued behind it: a worker that dies then
+# counts against that one slide alone (Dask counts a death against every task assigned to the
+# worker), and a long slide never waits behind another on a busy worker while others idle
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                    "distributed.scheduler.worker-saturation": 1.0}
 CHECK_PREFIX = ".histstore-cluster-check-"
 _ADDRESS = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -217,8 +222,8 @@ def _task_error(exc: BaseException | None, t: Task) -> str:
     from distributed import KilledWorker
 
     if isinstance(exc, KilledWorker):
-        return (f"{t.key}: its worker died {ALLOWED_FAILURES + 1} times while processing it "
-                "(out of memory, a crash, a lost node); recorded as failed")
+        return (f"{t.key}: the workers running it died each time it was tried (out of memory, a crash, "
+                f"a lost node; Dask's allowed-failures); {_one_line(exc)}")
     return f"{t.key}: {_one_line(exc) if exc is not None else 'cancelled'}"
 
 
@@ -244,7 +249,7 @@ def connect(spec: ClusterSpec):
     try:
         if spec.kind == "local":
             n = spec.workers or default_workers()
-            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            with dask.config.set(SCHEDULER_CONFIG):
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR,
                                        env=_local_env(n))
@@ -279,9 +284,12 @@ def _jobqueue(spec: ClusterSpec):
     except ImportError:
         raise InvalidInput(f"--cluster {spec.kind} needs dask-jobqueue",
                            hint="pip install 'histstore[cluster]'") from None
+    import dask
+
     cls = dask_jobqueue.SLURMCluster if spec.kind == "slurm" else dask_jobqueue.PBSCluster
     try:
-        cluster = cls()  # cores, memory, queue, ... from jobqueue.yaml (Dask's config directories)
+        with dask.config.set(SCHEDULER_CONFIG):  # the scheduler runs here
+            cluster = cls()  # cores, memory, queue, ... from jobqueue.yaml (Dask's config directories)
     except ValueError as exc:
         raise InvalidInput(f"--cluster {spec.kind}: {_one_line(exc)}",
                            hint=f"set jobqueue.{spec.kind} in ~/.config/dask/jobqueue.yaml") from None

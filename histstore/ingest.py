@@ -71,6 +71,7 @@ def _process(src_path: str, spec_dict: dict, assume_mpp: float | None):
     """Worker entry point: picklable in, picklable out; errors returned, not raised."""
     from histstore.wsi.process import process_slide
 
+    fault_point(f"ingest.worker_slide/{os.path.basename(src_path)}")
     try:
         return process_slide(src_path, TilingSpec.from_dict(spec_dict), assume_mpp), None
     except HiststoreError as exc:

@@ -12,6 +12,32 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT = 60
+ALLOWED_FAILURES = 1  # a task whose worker dies is tried twice (fewer worker restarts to wait for)
+
+
+FAULT_PLUGIN = "histstore-fault"
+
+
+def arm_fault(spec: str):
+    """A worker plugin arming a fault point on every worker, also on workers started later (a
+    nanny's replacement for a killed one). Defined in a function so that cloudpickle sends the
+    class by value: workers need not import the tests."""
+    from distributed import WorkerPlugin
+
+    class ArmFault(WorkerPlugin):
+        name = FAULT_PLUGIN
+
+        def setup(self, worker):
+            from histstore import faults
+
+            faults.configure(spec)
+
+        def teardown(self, worker):
+            from histstore import faults
+
+            faults.configure(None)
+
+    return ArmFault()
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +45,13 @@ def local_cluster():
     """A LocalCluster of 2 worker processes (one thread each) and a client on it."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "distributed.scheduler.worker-saturation": 1.0}):
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster, timeout=START_TIMEOUT)
     try:
         yield client
@@ -42,7 +71,7 @@ def subprocess_cluster(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("dask")
     sched_file = folder / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
     procs = [subprocess.Popen(_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                     "--scheduler-file", str(sched_file)),
                               stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"), env=env)]

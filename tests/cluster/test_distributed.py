@@ -17,7 +17,7 @@ from histstore.ingest import ingest
 from histstore.store import Store
 from histstore.wsi.tiling import TilingSpec
 
-from .conftest import address_of
+from .conftest import FAULT_PLUGIN, address_of, arm_fault
 
 SPEC = TilingSpec(target_mpp=1.0, tile_size=64)
 EMBED = dict(allow_random=True, batch_size=16, workers=None, precision="fp32", show_progress=False,
@@ -149,6 +149,26 @@ def test_a_worker_killed_mid_embed_loses_nothing(ingested, reference, local_clus
     assert rep.n_embedded == N_SLIDES  # ... which the slide was retried on
     assert_same_embeddings(store, reference)
     assert_verify_clean(store)  # the dead worker's array under .partial/ was cleared
+
+
+def test_a_slide_that_kills_every_worker_is_recorded_failed_and_the_rest_goes_on(manifest, synth6, local_cluster,
+                                                                               tmp_path):
+    from histstore import faults
+
+    store, _ = Store.init(tmp_path / "store")
+    deadly = synth6.slides[0]
+    local_cluster.register_plugin(arm_fault(f"ingest.worker_slide/{deadly.path.name}"))
+    try:
+        rep = ingest(store, manifest, SPEC, cohort="syn", cluster=address_of(local_cluster), show_progress=False)
+    finally:
+        local_cluster.unregister_worker_plugin(FAULT_PLUGIN)
+        local_cluster.run(faults.configure, None)
+    failed = [o for o in rep.outcomes if o.status == "failed"]
+    assert [o.slide_id for o in failed] == [deadly.slide_id] and "died" in failed[0].message
+    assert rep.count("ingested") == N_SLIDES - 1
+    assert rows(store, f"SELECT status FROM slides WHERE slide_id = '{deadly.slide_id}'") == [("failed",)]
+    again = ingest(store, manifest, SPEC, cohort="syn", cluster=address_of(local_cluster), show_progress=False)
+    assert again.count("ingested") == 1 and again.count("skipped") == N_SLIDES - 1  # resumes
 
 
 def test_interrupted_distributed_embed_resumes(ingested, reference, local_cluster, tmp_path, monkeypatch):
