@@ -171,7 +171,8 @@ def test_a_slide_that_kills_every_worker_is_recorded_failed_and_the_rest_goes_on
     assert again.count("ingested") == 1 and again.count("skipped") == N_SLIDES - 1  # resumes
 
 
-def test_interrupted_distributed_embed_resumes(ingested, reference, local_cluster, tmp_path, monkeypatch):
+def test_interrupted_distributed_embed_resumes(ingested, reference, subprocess_cluster, tmp_path, monkeypatch):
+    """On the scheduler + worker subprocesses: Ctrl-C while registering the second slide."""
     import histstore.embed as embed_module
 
     store = copy_store(ingested, tmp_path / "store")
@@ -186,7 +187,7 @@ def test_interrupted_distributed_embed_resumes(ingested, reference, local_cluste
 
     monkeypatch.setattr(embed_module, "_register_result", ctrl_c_on_second)
     with pytest.raises(KeyboardInterrupt):
-        embed(store, "resnet18", "syn", cluster=address_of(local_cluster), **EMBED)
+        embed(store, "resnet18", "syn", cluster=subprocess_cluster, **EMBED)
     monkeypatch.setattr(embed_module, "_register_result", real)
     assert rows(store, "SELECT count(*) FROM embedding_arrays") == [(1,)]
     assert rows(store, "SELECT status FROM runs") == [("interrupted",)]
@@ -194,7 +195,7 @@ def test_interrupted_distributed_embed_resumes(ingested, reference, local_cluste
         set_dir = resolve_set(conn, 1).directory(store)
     assert wait_empty(set_dir / arrays.PARTIAL_DIR) == []  # nothing left for nobody to register
     assert_verify_clean(store)
-    rep = embed(store, "resnet18", "syn", cluster=address_of(local_cluster), **EMBED)
+    rep = embed(store, "resnet18", "syn", cluster=subprocess_cluster, **EMBED)
     assert rep.n_skipped == 1 and rep.n_embedded == N_SLIDES - 1
     assert_same_embeddings(store, reference)
     assert_verify_clean(store)
