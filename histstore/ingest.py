@@ -270,7 +270,9 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         spec_dict = spec.to_dict()
         tasks = [Task(s.slide_id, _process, (str(s.path), spec_dict, assume_mpp), _file_size(s.path))
                  for s in todo]
-        with open_runner(where if todo else parse_cluster("none"), 1 if len(todo) <= 1 else workers) as runner:
+        if not todo:  # nothing to run: no cluster to start
+            where = parse_cluster("none")
+        with open_runner(where, 1 if len(todo) <= 1 else workers) as runner:
             token = None
             try:
                 if where.distributed:
