@@ -291,8 +291,11 @@ def _jobqueue(spec: ClusterSpec):
         with dask.config.set(SCHEDULER_CONFIG):  # the scheduler runs here
             cluster = cls()  # cores, memory, queue, ... from jobqueue.yaml (Dask's config directories)
     except ValueError as exc:
-        raise InvalidInput(f"--cluster {spec.kind}: {_one_line(exc)}",
-                           hint=f"set jobqueue.{spec.kind} in ~/.config/dask/jobqueue.yaml") from None
+        what = ("no cores and memory per job configured" if "cores and memory" in str(exc)
+                else _one_line(exc))
+        raise InvalidInput(f"--cluster {spec.kind}: {what}",
+                           hint=f"set jobqueue.{spec.kind} (cores, memory, ...) in a Dask config file "
+                                "such as ~/.config/dask/jobqueue.yaml") from None
     cluster.scale(jobs=spec.workers or 1)
     return cluster
 

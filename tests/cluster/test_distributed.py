@@ -249,6 +249,30 @@ def test_bad_cluster_values_are_one_line_errors(bad):
         parse_cluster(bad)
 
 
+def test_good_cluster_values():
+    from histstore.cluster import parse_cluster
+
+    assert parse_cluster(None).kind == "none" and not parse_cluster("none").distributed
+    assert parse_cluster("SLURM", 3) == parse_cluster("slurm", 3) and parse_cluster("slurm", 3).workers == 3
+    spec = parse_cluster("tcp://10.0.0.5:8786")
+    assert spec.kind == "address" and spec.address == "tcp://10.0.0.5:8786" and str(spec) == spec.address
+    with pytest.raises(InvalidInput, match="--workers must be >= 1"):
+        parse_cluster("local", 0)
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_jobqueue_without_a_configuration_is_a_one_line_error(kind):
+    import dask
+
+    from histstore.cluster import connect, parse_cluster
+
+    pytest.importorskip("dask_jobqueue")  # an optional extra; imported first: it adds its config defaults
+    with dask.config.set({f"jobqueue.{kind}.cores": None, f"jobqueue.{kind}.memory": None}), \
+            pytest.raises(InvalidInput, match=f"--cluster {kind}: no cores and memory per job configured") as err:
+        connect(parse_cluster(kind, 2))
+    assert "jobqueue.yaml" in err.value.hint
+
+
 def test_cli_ingest_on_a_local_cluster_and_a_bad_value(cli, store, manifest):
     bad = cli("ingest", str(manifest), "--cohort", "syn", "--cluster", "sge")
     assert bad.exit_code != 0 and "--cluster must be" in bad.output and "sge" in bad.output
