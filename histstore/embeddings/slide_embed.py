@@ -8,7 +8,8 @@ writer needs to register it (`SlideEmbedResult`): the catalog is never touched o
 
 A worker process loads an encoder once and keeps it (`_MODELS`, keyed by the checkpoint's
 sha256, or architecture + seed for a random init); the weights it loaded are checked against
-the writer's (a hash of the state dict), and again after each slide (frozen means frozen).
+the writer's (a hash of the state dict) when loaded, and compared with a copy kept on the
+device after each slide (frozen means frozen).
 """
 from __future__ import annotations
 
@@ -164,9 +165,18 @@ def _worker_model(ref: EncoderRef, job: EmbedJob):
     if weights != ref.weights_hash:
         raise HiststoreError(f"the encoder built on this worker differs from the writer's "
                              f"({ref.architecture}: other torch/torchvision version?)")
+    # a copy of the weights on the model's device: checking after each slide that nothing
+    # changed them is then a compare on the device, not a copy to the host and a hash
+    frozen = [v.detach().clone() for v in model.state_dict().values()]
     _MODELS.clear()  # one encoder per worker at a time: GPU memory
-    _MODELS[key] = got = (model, dev, amp, weights)
+    _MODELS[key] = got = (model, dev, amp, frozen)
     return got
+
+
+def _unchanged(model, frozen) -> bool:
+    import torch
+
+    return all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), frozen))
 
 
 def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob,
@@ -187,7 +197,7 @@ def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob,
     from histstore.embeddings.slide_stain import SlideStainer
 
     t0 = time.perf_counter()
-    model, dev, amp, weights = _worker_model(ref, job)
+    model, dev, amp, frozen = _worker_model(ref, job)
     stainer = SlideStainer([slide], np.array([0, len(slide)]), job.stain)
     finished: dict = {}
 
@@ -200,7 +210,7 @@ def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob,
         fault_point(f"embed.worker_slide/{slide.slide_id}")
         if lease is not None and not os.path.exists(lease):
             raise HiststoreError("the writer has stopped: array discarded")
-        if state_hash(model) != weights:
+        if not _unchanged(model, frozen):
             _MODELS.clear()
             raise HiststoreError("the encoder's weights changed during embedding: results discarded")
     except BaseException:

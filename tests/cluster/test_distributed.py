@@ -22,7 +22,7 @@ from .conftest import FAULT_PLUGIN, address_of, arm_fault
 SPEC = TilingSpec(target_mpp=1.0, tile_size=64)
 EMBED = dict(allow_random=True, batch_size=16, workers=None, precision="fp32", show_progress=False,
              stain_norm="macenko", stain_tiles=16)
-N_SLIDES = 4
+N_SLIDES = 3
 SLIDE_COLS = "slide_id, case_id, path, fingerprint, file_size, width, height, mpp, status"
 TILING_COLS = "slide_id, settings_key, read_level, read_size, size_l0, n_tiles, tissue_area_mm2, qc_path"
 
@@ -281,3 +281,21 @@ def test_cli_ingest_on_a_local_cluster_and_a_bad_value(cli, store, manifest):
              "--cluster", "local", "--workers", "2")
     assert ok.exit_code == 0, ok.output
     assert f"{N_SLIDES} ingested" in ok.output
+
+
+def test_a_worker_refuses_an_encoder_that_differs_from_the_writers(ingested, tmp_path):
+    """The writer sends a hash of its weights: a worker that builds other weights (another
+    torch version, another file at the same path) embeds nothing."""
+    from histstore.embeddings.dataset import load_slide_tiles
+    from histstore.embeddings.slide_embed import EmbedJob, EncoderRef, embed_slide
+    from histstore.embeddings.stain_settings import StainSettings
+    from histstore.errors import HiststoreError
+
+    with ingested.read() as conn:
+        key = conn.exec_driver_sql("SELECT any_value(settings_key) FROM tilings").scalar()
+        slide = load_slide_tiles(conn, [rows(ingested, "SELECT min(slide_id) FROM slides")[0][0]], key)[0]
+    ref = EncoderRef("resnet18", "random", None, None, 0, weights_hash="0" * 32)
+    job = EmbedJob(StainSettings("none"), 16, "float16", 512, "cpu", "fp32")
+    with pytest.raises(HiststoreError, match="differs from the writer's"):
+        embed_slide(str(tmp_path / "set"), slide, ref, job)
+    assert not (tmp_path / "set").exists()
