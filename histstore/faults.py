@@ -21,13 +21,14 @@ _SPEC: str | None = None
 _NAME = ""
 _HITS_WANTED = 1
 _hits = 0
+_ONCE: str | None = None  # configure_once's marker file
 
 
 def configure(spec: str | None) -> None:
     """Arm the point named by `spec` ('name' or 'name:N'; None disarms). Read from
     HISTSTORE_FAULT at import; tests that fork a process call it in the child."""
-    global _SPEC, _NAME, _HITS_WANTED, _hits
-    _SPEC = spec or None
+    global _SPEC, _NAME, _HITS_WANTED, _hits, _ONCE
+    _SPEC, _ONCE = spec or None, None
     name, _, at = (spec or "").partition(":")
     _NAME, _HITS_WANTED, _hits = name, int(at) if at else 1, 0
 
@@ -39,9 +40,6 @@ def fault_point(name: str) -> None:
     _hits += 1
     if _hits >= _HITS_WANTED and _first_time():
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-configure(os.environ.get("HISTSTORE_FAULT"))
 
 
 def active(name: str) -> bool:
@@ -59,9 +57,6 @@ def configure_once(spec: str | None, marker: str) -> None:
     _ONCE = marker
 
 
-_ONCE: str | None = None
-
-
 def _first_time() -> bool:
     if _ONCE is None:
         return True
@@ -70,3 +65,6 @@ def _first_time() -> bool:
         return True
     except FileExistsError:
         return False
+
+
+configure(os.environ.get("HISTSTORE_FAULT"))
