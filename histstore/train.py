@@ -71,6 +71,7 @@ class TrainSettings:
     decision_threshold: str = "0.5"  # binary tasks: "0.5", or chosen on the "val" or "train" bags
     val_fraction: float = 1 / 9  # of each fold's non-test cases (HistCode's 80/10/10); 0: none
     memory_budget: str | None = None  # bytes for bags ("6GB"); None/"auto": half the free memory
+    joint: bool = False  # with genes: one multi-output model for the panel (train_joint.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -465,6 +466,19 @@ def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
 def train(store: Store, s: TrainSettings, show_progress: bool = True,
           notify: Callable[[str], None] | None = None) -> TrainReport:
     """notify(line): told how many slides and cases the cohort gives, before training."""
+    check_settings(s)
+    if s.joint:  # train_joint.py builds on this module: it runs them (and the CLI calls it)
+        raise InvalidInput("joint gene runs are trained by histstore.train_joint.train")
+    with store.session():
+        if not s.genes:
+            spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
+            _train_config(s, spec, 2)  # settings validated before anything runs
+            return _run_single(store, s, spec, show_progress=show_progress, notify=notify)
+        return _train_genes(store, s, show_progress, notify)
+
+
+def check_settings(s: TrainSettings) -> None:
+    """The checks every training run makes before anything is read or written."""
     from histstore.mil.models import model_names
 
     if s.model not in model_names():
@@ -478,19 +492,11 @@ def train(store: Store, s: TrainSettings, show_progress: bool = True,
     from histstore.mil.bag_source import parse_budget
 
     parse_budget(s.memory_budget)  # a malformed budget is refused before anything runs
-    with store.session():
-        if not s.genes:
-            spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
-            _train_config(s, spec, 2)  # settings validated before anything runs
-            return _run_single(store, s, spec, show_progress=show_progress, notify=notify)
-        return _train_genes(store, s, show_progress, notify)
 
 
 def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
                  notify: Callable[[str], None] | None = None) -> TrainReport:
     """One model per gene under one parent run; the parent stores the per-gene analysis."""
-    from scipy import stats
-
     kind = s.task.split(":")[0]
     if kind not in ("de", "up", "down", "fc"):
         raise InvalidInput("with --genes, --task is the gene task kind: de, up, down or fc")
@@ -529,26 +535,34 @@ def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
             with store.commit(f"progress of run {parent}") as conn:
                 record_progress(conn, parent, done=i + 1)
             beat.touch()
-        with store.read() as conn:
-            rows = conn.exec_driver_sql("""
-                SELECT r.task, s.mean, m.value FROM runs r
-                JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
-                JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
-                WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
-                ("pearson" if kind == "fc" else "auc", parent)).all()
-        parent_metrics = [{"name": "n_genes", "value": float(len(genes))},
-                          {"name": "n_genes_trained", "value": float(len(rows))}]
-        metric_vals, lfc_vals = [r[1] for r in rows], [r[2] for r in rows]
-        if len(rows) >= 3 and np.ptp(metric_vals) > 0 and np.ptp(lfc_vals) > 0:
-            rho, pval = stats.spearmanr(metric_vals, lfc_vals)
-            parent_metrics += [{"name": "spearman_metric_vs_mean_abs_log2fc", "value": float(rho)},
-                               {"name": "spearman_p", "value": float(pval)}]
-        with store.commit(f"the end of run {parent}") as conn:
-            write_metrics(conn, parent, [{**m, "subset": "genes"} for m in parent_metrics])
-            end_run(conn, parent, "finished")
-        report.status = "finished"
-        report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
+        finish_gene_parent(store, parent, kind, len(genes), report)
     return report
+
+
+def finish_gene_parent(store: Store, parent: int, kind: str, n_genes: int, report: TrainReport) -> None:
+    """The parent's per-gene analysis (test AUC or Pearson of each finished gene run against
+    the gene's mean |log2FC|: Spearman), written with the parent's end."""
+    from scipy import stats
+
+    with store.read() as conn:
+        rows = conn.exec_driver_sql("""
+            SELECT r.task, s.mean, m.value FROM runs r
+            JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
+            JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
+            WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
+            ("pearson" if kind == "fc" else "auc", parent)).all()
+    parent_metrics = [{"name": "n_genes", "value": float(n_genes)},
+                      {"name": "n_genes_trained", "value": float(len(rows))}]
+    metric_vals, lfc_vals = [r[1] for r in rows], [r[2] for r in rows]
+    if len(rows) >= 3 and np.ptp(metric_vals) > 0 and np.ptp(lfc_vals) > 0:
+        rho, pval = stats.spearmanr(metric_vals, lfc_vals)
+        parent_metrics += [{"name": "spearman_metric_vs_mean_abs_log2fc", "value": float(rho)},
+                           {"name": "spearman_p", "value": float(pval)}]
+    with store.commit(f"the end of run {parent}") as conn:
+        write_metrics(conn, parent, [{**m, "subset": "genes"} for m in parent_metrics])
+        end_run(conn, parent, "finished")
+    report.status = "finished"
+    report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
 
 
 def resume(store: Store, run_id: int, show_progress: bool = True,
@@ -559,6 +573,8 @@ def resume(store: Store, run_id: int, show_progress: bool = True,
         raise InvalidInput(f"run {run_id} is a {run['kind']} run, not a train run")
     if run["status"] == "finished":
         raise InvalidInput(f"run {run_id} already finished")
+    if run["settings"].get("joint"):
+        raise InvalidInput(f"run {run_id} is a joint gene run: histstore.train_joint.resume continues it")
     if run["parent_run_id"] is None and run["task"] and run["task"].endswith(":*"):
         raise InvalidInput("resume the gene runs one by one (their run ids are in `histstore runs show`)")
     st = dict(run["settings"])
