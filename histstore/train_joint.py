@@ -302,7 +302,7 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
     hint = f"`histstore train --resume {parent}` continues it"
     try:
         with ExitStack() as stack:
-            beats = [stack.enter_context(Heartbeat(store, rid)) for rid in (parent, *children)]
+            beat = stack.enter_context(Heartbeat(store, parent, children=True))
             for rid in (parent, *children):
                 stack.enter_context(run_outcome(store, rid, hint))
             for fold in todo:
@@ -319,8 +319,7 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
                             finished.add(fold)
                         record_progress(conn, child, done=len(finished))
                     record_progress(conn, parent, done=splits.n_folds - len(todo) + todo.index(fold) + 1)
-                for b in beats:
-                    b.touch()
+                beat.touch()
                 fault_point("train.after_fold")
                 bar.update(max(0, s.epochs - len(results[0].history)))
             with store.commit(f"the end of run {parent}") as conn:

@@ -144,6 +144,7 @@ class MILModel(nn.Module):
     name: ClassVar[str]
     attention_kind: ClassVar[str]
     config_cls: ClassVar[type[MILConfig]]
+    multi_output: ClassVar[bool] = False  # True: one output (and attention column) per target
 
     def __init__(self, config: MILConfig):
         super().__init__()
