@@ -136,20 +136,15 @@ def _panel(conn, s: TrainSettings, kind: str, genes: list[str], only: list[str] 
     return Panel(specs, preps, slide_ids, [case_of[x] for x in slide_ids], y, positions, failed)
 
 
-def _panel_splits(panel: Panel, s: TrainSettings, task: str):
-    """One split for the panel, grouped by case. Strata: classification - the number of genes
-    a slide is positive for; regression - the mean of the genes' z-scored values."""
+def _panel_splits(panel: Panel, s: TrainSettings):
+    """One split for the panel, grouped by case, stratified (make_splits' quantile bins of the
+    case mean) by one score per slide: the mean of the genes' z-scored targets - for 0/1
+    targets, how many of its genes a slide is positive for, relative to the others."""
     from histstore.mil.splits import make_splits
 
     y = panel.targets
-    if task == "classification":
-        labels = [str(int(np.nansum(row))) for row in y]
-        if len(set(labels)) < 2:
-            labels = ["0"] * len(labels)
-            labels[0] = "1"  # make_splits needs two strata; one odd slide changes nothing
-        return make_splits(panel.case_ids, labels, s.folds, seed=s.seed, task="classification",
-                           val_fraction=s.val_fraction)
-    z = (y - np.nanmean(y, axis=0)) / np.where(np.nanstd(y, axis=0) > 0, np.nanstd(y, axis=0), 1.0)
+    sd = np.nanstd(y, axis=0)
+    z = (y - np.nanmean(y, axis=0)) / np.where(sd > 0, sd, 1.0)
     return make_splits(panel.case_ids, np.nanmean(z, axis=1), s.folds, seed=s.seed, task="regression",
                        val_fraction=s.val_fraction)
 
@@ -184,7 +179,7 @@ def train_joint(store: Store, s: TrainSettings, show_progress: bool = True,
             config = _joint_config(s, panel, str(info.dtype))
             index, plan = cohort_bags.prepare(conn, info, panel.slide_ids, config)
             stats = [_cohort_stats(conn, p, s) for p in panel.preps]
-        splits = _panel_splits(panel, s, config.task)
+        splits = _panel_splits(panel, s)
         if notify is not None:
             notify(f"cohort {s.cohort}, {len(panel.specs)} genes ({kind}) in one model: {len(panel.slide_ids)} "
                    f"slides of {len(set(panel.case_ids))} cases in {s.folds} folds grouped by case"
