@@ -161,6 +161,12 @@ def test_heatmap_report_export_and_runs_show_read_the_evaluate_run(fit, tmp_path
     assert out.exit_code == 0 and "per gene" not in out.output
     listed = json.loads(_cli(fit, "runs", "list", "--kind", "evaluate", "--format", "json").output)
     assert [x["run_id"] for x in listed] == [r.run_id] and listed[0]["test_metric"] >= 0.9
+    # the web viewer offers its map; verify finds the store consistent (final checkpoint included)
+    from histstore.browse import viewer_runs
+    from histstore.verify import verify
+
+    assert [(v.run_id, v.genes) for v in viewer_runs(fit, slide)] == [(r.run_id, [])]
+    assert verify(fit, quick=True, show_progress=False).ok
 
 
 def test_cli_predict_and_unlabelled_slides(fit):
