@@ -12,7 +12,9 @@ The evaluate run (parent_run_id = the train run) holds, in fold 0: a `test` pred
 slide (label and target where the cohort has them for the task, NULL otherwise), each slide's
 tile attention (the ensemble's mean), a `splits` row per slide (subset `test`, with its case:
 what heatmaps, pooled statistics and exports join on), and, when some slides are labelled,
-the slide- and case-level metrics of the labelled slides (run_summary shows them, n_folds 1).
+the slide- and case-level metrics of the labelled slides (run_summary shows them, n_folds 1;
+gene tasks label the slides the run trained on: the tumour slides unless it used all), and
+for gene tasks the cohort's mean |log2FC| (the per-gene table's x axis).
 Bootstrap intervals come from the predictions when shown (`runs show`, `report`), as for
 train runs.
 
@@ -333,6 +335,18 @@ def _metric_rows(plan: Plan, preds: pd.DataFrame) -> tuple[list[dict], list[str]
     return rows, notes
 
 
+def _mean_abs_log2fc(conn: sa.Connection, plan: Plan, preds: pd.DataFrame) -> dict:
+    """The gene's mean |log2FC| over the labelled cases (subset cohort, as train writes it):
+    a gene evaluate parent's per-gene table and report plot AUC against it."""
+    cases = sorted(set(preds.loc[preds["target"].notna(), "case_id"].astype(str)))
+    src = plan.spec.source
+    value = conn.exec_driver_sql(
+        "SELECT avg(abs(log2_fold_change)) FROM fold_changes WHERE gene = ? AND case_id IN "
+        "(SELECT unnest(?::VARCHAR[]))" + (" AND source = ?" if src else ""),
+        (plan.spec.gene, cases, *([src] if src else []))).scalar()
+    return {"fold": None, "subset": "cohort", "name": "mean_abs_log2fc", "value": value}
+
+
 def _apply(store: Store, plan: Plan, run_id: int, device, show_progress: bool) -> PredictReport:
     """Predict the plan's slides not yet in run_id, in batches of commits; then its metrics."""
     import torch
@@ -377,6 +391,9 @@ def _apply(store: Store, plan: Plan, run_id: int, device, show_progress: bool) -
                     (run_id,)).all()
             preds = pd.DataFrame(preds, columns=["slide_id", "case_id", "label", "target", "score", "predicted"])
             rows, notes = _metric_rows(plan, preds)
+            if plan.spec.gene is not None and preds["target"].notna().any():
+                with store.read() as conn:
+                    rows.append(_mean_abs_log2fc(conn, plan, preds))
             report.notes += notes
             with store.commit(f"the end of run {run_id}") as conn:
                 conn.exec_driver_sql("DELETE FROM metrics WHERE run_id = ?", (run_id,))

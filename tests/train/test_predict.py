@@ -303,6 +303,9 @@ def test_gene_run_with_final_predicts_every_gene(fit):
     assert [(p, t, s["run"]) for _, p, t, s in rows[1:]] == [(r.run_id, t, k) for k, t in kids]
     out = _cli(fit, "runs", "show", r.run_id)
     assert out.exit_code == 0 and "per gene" in out.output and "de:TP53" in out.output
+    # each gene's external |log2FC| beside its AUC, as train writes it for the AUC-vs-fold-change plot
+    assert _q(fit, "SELECT count(*) FROM metrics WHERE name = 'mean_abs_log2fc' AND run_id IN "
+                   "(SELECT run_id FROM runs WHERE parent_run_id = ?)", r.run_id) == [(2,)]
     # one gene of the run only; a gene it did not train is refused
     one = predict(fit, rep.run_id, "ext", task="de:TP53", device="cpu", show_progress=False)
     assert [c.task for c in one.children] == ["de:TP53"]
