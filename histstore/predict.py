@@ -42,6 +42,7 @@ from histstore.embeddings.bags import missing_slides
 from histstore.embeddings.compat import encoder_of, set_differences
 from histstore.embeddings.sets import EmbeddingSetInfo, resolve_set, sets_covering
 from histstore.errors import HiststoreError, InvalidInput, MissingStep
+from histstore.faults import fault_point
 from histstore.jobs import Heartbeat, mark_running, record_progress
 from histstore.progress import progress_bar
 from histstore.runs import create_run, end_run, refuse_if_alive, run_outcome, write_metrics
@@ -293,10 +294,12 @@ def _commit_batch(store: Store, plan: Plan, run_id: int, index, outs) -> int:
             insert_frame(conn, "splits", splits)
             if len(att["tile_id"]):
                 insert_frame(conn, "attention", att)
+            fault_point("predict.mid_commit")
         elif fresh.any():
             raise HiststoreError(f"run {run_id} is being written by another process", hint="let it finish")
         n = len(done) + int(fresh.sum())
         record_progress(conn, run_id, done=n)
+    fault_point("predict.after_batch")
     return n
 
 
