@@ -52,6 +52,8 @@ def predict(store, run_id, cohort, embeddings, task, use, device, resume_run, fm
         click.echo(f"run {r.run_id} ({r.task}): {len(r.children)} gene runs predicted")
         for c in r.children:
             click.echo("  " + _line(c))
+        for n in r.notes:
+            click.echo(f"note: {n}", err=True)
         return
     click.echo(_line(r))
     for n in r.notes:

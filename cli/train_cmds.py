@@ -65,7 +65,7 @@ def _fmt_summary(summary: dict) -> str:
                    "else streamed from disk per step; the same seed gives the same results either way. "
                    "auto: half the free RAM (free GPU memory when training on a GPU).")
 @click.option("--final", is_flag=True,
-              help="After cross-validation, fit one model on all the slides (10 %% of the cases for early "
+              help="After cross-validation, fit one model on all the slides (10 % of the cases for early "
                    "stopping); `histstore predict` applies it [default: predict uses the fold models].")
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store

@@ -440,7 +440,15 @@ def predict(store: Store, run: int | str, cohort: str, *, embeddings: str | None
             with store.commit("a new evaluate run") as conn:
                 rid = _new_eval_run(conn, plans[0], cohort, asked["run_id"], str(dev))
             return _apply(store, plans[0], rid, dev, show_progress)
-        return _gene_runs(store, asked, plans, cohort, use, dev, show_progress, parent=None)
+        report = _gene_runs(store, asked, plans, cohort, use, dev, show_progress, parent=None)
+        if task is None:
+            with store.read() as conn:
+                skipped = [t for t, in conn.exec_driver_sql(
+                    "SELECT task FROM runs WHERE parent_run_id = ? AND kind = 'train' ORDER BY task",
+                    (asked["run_id"],)).all() if t not in {p.run["task"] for p in plans}]
+            report.notes += [f"{t}: no checkpoints (the gene's training failed or did not finish), not predicted"
+                             for t in skipped]
+        return report
 
 
 def _gene_runs(store: Store, asked: dict, plans: list[Plan], cohort: str, use: str, dev, show_progress: bool,

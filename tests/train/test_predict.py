@@ -311,6 +311,11 @@ def test_gene_run_with_final_predicts_every_gene(fit):
     assert [c.task for c in one.children] == ["de:TP53"]
     with pytest.raises(HiststoreError, match="did not train task de:EGFR"):
         predict(fit, rep.run_id, "ext", task="de:EGFR", device="cpu", show_progress=False)
+    # a gene without checkpoints is skipped, and said so
+    with fit.write() as conn:
+        conn.exec_driver_sql("DELETE FROM artifacts WHERE run_id = ?", (kids[0][0],))
+    part = predict(fit, rep.run_id, "ext", device="cpu", show_progress=False)
+    assert [c.task for c in part.children] == ["de:TP53"] and any("de:MYC: no checkpoints" in n for n in part.notes)
 
 
 def test_run_interrupted_before_the_final_model_resumes_it(embedded, monkeypatch):
