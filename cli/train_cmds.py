@@ -69,11 +69,15 @@ def _fmt_summary(summary: dict) -> str:
               help="Memory for the bags (e.g. 6GB, 512MB). The cohort is packed in memory when it fits, "
                    "else streamed from disk per step; the same seed gives the same results either way. "
                    "auto: half the free RAM (free GPU memory when training on a GPU).")
+@click.option("--final", is_flag=True,
+              help="After cross-validation, fit one model on all the slides (10 % of the cases for early "
+                   "stopping); `histstore predict` applies it [default: predict uses the fold models].")
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
 def train(store, cohort, task, embeddings, model, genes, joint, folds, seed, epochs, patience, lr, weight_decay, dropout,
           bags_per_step, class_weight, select_on, min_epochs, val_fraction, standardize, hidden_dim, attn_dim,
-          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, resume_run):
+          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, final,
+          resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
     from histstore.train import TrainSettings
     from histstore.train_joint import resume, train as run_train  # joint gene runs, else train.py's
@@ -94,7 +98,7 @@ def train(store, cohort, task, embeddings, model, genes, joint, folds, seed, epo
                           positive=positive, genes=gene_list, joint=joint, gene_slides=gene_slides,
                           min_epochs=min_epochs,
                           standardize=standardize, hidden_dim=hidden_dim, attn_dim=attn_dim,
-                          decision_threshold=decision_threshold,
+                          decision_threshold=decision_threshold, final=final,
                           memory_budget=None if memory_budget == "auto" else memory_budget,
                           **({"val_fraction": val_fraction} if val_fraction is not None else {}))
         r = run_train(store, s, notify=notify)
