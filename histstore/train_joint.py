@@ -16,8 +16,10 @@ AUC-versus-fold-change analysis at the end. Each fold is written for all genes i
 after its checkpoint: ONE file per fold, `checkpoints/runs/<parent>/fold<k>.pt`, with the keys
 of a single-task checkpoint plus `outputs` (the child tasks in output order) and per-output
 `decision_threshold` (and `target_scale`, `output_classes`) lists; every child registers a
-`mil-checkpoint` artifact row for that file. `train --resume PARENT` continues with the folds
-not yet written.
+`mil-checkpoint` artifact row for that file. `--final` adds one joint model fit on all of the
+panel's slides (`final.pt`, fold NULL for every child), which `histstore predict` applies
+gene by gene. `train --resume PARENT` continues with the folds (and final model) not yet
+written.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from histstore.catalog.cohorts import require_cohort
+from histstore.catalog.runs import has_final_model
 from histstore.errors import HiststoreError, InvalidInput
 from histstore.faults import fault_point
 from histstore.jobs import Heartbeat, mark_running, record_progress
@@ -142,11 +145,14 @@ def _panel_splits(panel: Panel, s: TrainSettings):
     targets, how many of its genes a slide is positive for, relative to the others."""
     from histstore.mil.splits import make_splits
 
+    return make_splits(panel.case_ids, _strata_score(panel), s.folds, seed=s.seed, task="regression",
+                       val_fraction=s.val_fraction)
+
+
+def _strata_score(panel: Panel) -> np.ndarray:
     y = panel.targets
     sd = np.nanstd(y, axis=0)
-    z = (y - np.nanmean(y, axis=0)) / np.where(sd > 0, sd, 1.0)
-    return make_splits(panel.case_ids, np.nanmean(z, axis=1), s.folds, seed=s.seed, task="regression",
-                       val_fraction=s.val_fraction)
+    return np.nanmean((y - np.nanmean(y, axis=0)) / np.where(sd > 0, sd, 1.0), axis=1)
 
 
 def _gene_splits(splits, p: Prepared):
@@ -191,7 +197,7 @@ def train_joint(store: Store, s: TrainSettings, show_progress: bool = True,
                                     "bag_source": asdict(plan)},
                                 seed=s.seed, cohort=s.cohort, task=f"{kind}:*", model=s.model,
                                 embedding_set_id=info.embedding_set_id, encoder_id=info.encoder_id,
-                                progress_total=splits.n_folds, progress_unit="fold")
+                                progress_total=splits.n_folds + s.final, progress_unit="fold")
             children = []
             for spec, p, st in zip(panel.specs, panel.preps, stats):
                 child = create_run(conn, kind="train", settings=s.to_dict() | {
@@ -200,7 +206,8 @@ def train_joint(store: Store, s: TrainSettings, show_progress: bool = True,
                                        "classes": p.classes, "bag_source": asdict(plan)},
                                    seed=s.seed, cohort=s.cohort, task=spec.name, model=s.model,
                                    embedding_set_id=info.embedding_set_id, encoder_id=info.encoder_id,
-                                   parent_run_id=parent, progress_total=splits.n_folds, progress_unit="fold")
+                                   parent_run_id=parent, progress_total=splits.n_folds + s.final,
+                                   progress_unit="fold")
                 insert_splits(conn, child, p, _gene_splits(splits, p))
                 write_metrics(conn, child, st)
                 children.append(child)
@@ -287,7 +294,9 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
                          n_cases=len(set(panel.case_ids)),
                          notes=[f"{t}: {why}" for t, why in panel.failed])
     todo = [f for f in range(splits.n_folds) if f not in done]
-    bar = progress_bar(total=len(todo) * s.epochs, desc=f"train {kind}:* joint {s.model} (run {parent})",
+    with store.read() as conn:
+        need_final = s.final and not all(has_final_model(conn, c) for c in children)
+    bar = progress_bar(total=(len(todo) + need_final) * s.epochs, desc=f"train {kind}:* joint {s.model} (run {parent})",
                        unit="epoch", disable=not show_progress)
 
     def on_epoch(rec):
@@ -317,6 +326,8 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
                 beat.touch()
                 fault_point("train.after_fold")
                 bar.update(max(0, s.epochs - len(results[0].history)))
+            if need_final:
+                _final_model(store, s, panel, splits.n_folds, config, parent, children, bags, device, on_epoch)
             with store.commit(f"the end of run {parent}") as conn:
                 for child in children:
                     end_run(conn, child, "finished")
@@ -333,6 +344,39 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
     return report
 
 
+def _final_model(store: Store, s: TrainSettings, panel: Panel, n_folds: int, config, parent: int,
+                 children: list[int], bags, device, progress_cb) -> None:
+    """--final: one joint model fit on all of the panel's bags (as mil/final_model.py does for
+    one task: ~10 % of the cases, grouped, for early stopping; seed after the last fold),
+    saved as checkpoints/runs/<parent>/final.pt and registered by every gene run (fold NULL)
+    with its metrics (subset 'final'), in one commit."""
+    from histstore.mil.cross_validation import fold_seed
+    from histstore.mil.final_model import FINAL_CHECKPOINT, FINAL_VAL_FRACTION, final_split
+    from histstore.mil.joint import train_joint_fold
+
+    train_idx, val_idx = final_split(panel.case_ids, _strata_score(panel), seed=s.seed, task="regression",
+                                     val_fraction=FINAL_VAL_FRACTION if s.val_fraction > 0 else 0.0)
+    results = train_joint_fold(bags, panel.targets, train_idx, val_idx, np.zeros(0, np.int64), config,
+                               seed=fold_seed(s.seed, n_folds), device=device, progress_cb=progress_cb,
+                               fold=None, allow_no_test=True)
+    ckpt_rel, ckpt_sha = save_joint_checkpoint(store, parent, FINAL_CHECKPOINT, panel, results)
+    with store.commit(f"the final model of run {parent}") as conn:
+        for child, r in zip(children, results):
+            if has_final_model(conn, child):
+                continue
+            rows = [{"subset": "final", "name": k, "value": v} for k, v in (
+                ("n_train", len(r.train_idx)), ("n_val", len(r.val_idx)), ("best_epoch", r.best_epoch),
+                ("decision_threshold", r.threshold), ("seconds_per_epoch", r.seconds_per_epoch)) if v is not None]
+            rows += [{"subset": "final", "name": f"{part}_loss", "step": h.epoch, "value": getattr(h, f"{part}_loss")}
+                     for h in r.history for part in ("train", "val")]
+            write_metrics(conn, child, rows)
+            conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, fold, description, sha256) VALUES "
+                                 "('mil-checkpoint', ?, ?, NULL, ?, ?)",
+                                 (ckpt_rel, child, f"{r.model_spec['name']} weights, final joint model", ckpt_sha))
+            record_progress(conn, child, done=n_folds + 1)
+        record_progress(conn, parent, done=n_folds + 1)
+
+
 def _remap(r, to_gene: dict[int, int]):
     """A gene's FoldResult with bag positions in the panel turned into the gene's own."""
     def idx(a):
@@ -343,10 +387,11 @@ def _remap(r, to_gene: dict[int, int]):
                    test_attention={to_gene[i]: a for i, a in r.test_attention.items()})
 
 
-def save_joint_checkpoint(store: Store, parent: int, fold: int, panel: Panel, results) -> tuple[str, str]:
+def save_joint_checkpoint(store: Store, parent: int, fold: int | str, panel: Panel, results) -> tuple[str, str]:
     """The fold's one model for all genes, written (atomically) before its commit: the keys
     of train.py's single-task checkpoint, with `outputs` (child tasks, in output order) and
-    per-output lists for decision_threshold, target_scale and output_classes. (path, sha256)."""
+    per-output lists for decision_threshold, target_scale (regression; else None) and
+    output_classes. (path, sha256)."""
     import os
 
     import torch
@@ -356,14 +401,16 @@ def save_joint_checkpoint(store: Store, parent: int, fold: int, panel: Panel, re
 
     r0 = results[0]
     classes = [p.classes for p in panel.preps]
-    ckpt_rel = f"checkpoints/runs/{parent}/fold{int(fold)}.pt"
+    name = fold if isinstance(fold, str) else f"fold{int(fold)}"  # "final": the --final model
+    ckpt_rel = f"checkpoints/runs/{parent}/{name}.pt"
     path = store.resolve(ckpt_rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     torch.save({"model_spec": r0.model_spec, "state_dict": r0.model_state,
                 "classes": classes[0] if all(c == classes[0] for c in classes) else None,
                 "output_classes": classes,
-                "target_scale": [list(r.target_scale) if r.target_scale else None for r in results],
+                # regression: one (mean, sd) per output; classification: None, as single-task
+                "target_scale": [list(r.target_scale) for r in results] if r0.target_scale else None,
                 "embedding_set": panel.preps[0].info.name,
                 "decision_threshold": [r.threshold for r in results],
                 "outputs": panel.tasks,

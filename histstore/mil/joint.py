@@ -83,6 +83,7 @@ def train_joint_fold(
     device: str | torch.device = "cpu",
     progress_cb: Callable[[EpochRecord], None] | None = None,
     fold: int | None = None,
+    allow_no_test: bool = False,
 ) -> list[FoldResult]:
     """Train one multi-output model on one fold; one FoldResult per output (column of
     `targets`), whose val/test predictions and test attention cover only the bags that have
@@ -90,7 +91,8 @@ def train_joint_fold(
 
     bags: a bag source (mil/bag_source.py); targets [n, K] float with NaN for missing;
     config.model is the multi-output model's name; config.task classification (binary per
-    output) or regression. Deterministic on the CPU for a given seed."""
+    output) or regression. Deterministic on the CPU for a given seed. allow_no_test: a model
+    fit on every bag (a run's final model) has no test bags."""
     t_start = time.perf_counter()
     dev = resolve_device(device)
     y_all = np.asarray(targets, dtype=np.float64)
@@ -103,7 +105,7 @@ def train_joint_fold(
     if task == "classification" and not np.isin(y_all[observed], (0.0, 1.0)).all():
         raise InvalidInput("joint classification targets must be 0/1 per output (multi-label)")
     tr, va, te = (np.sort(np.asarray(i, dtype=np.int64)) for i in (train_idx, val_idx, test_idx))
-    if len(tr) == 0 or len(te) == 0:
+    if len(tr) == 0 or (len(te) == 0 and not allow_no_test):
         raise InvalidInput("a fold needs at least one train and one test bag")
     feature_stats = None
     packed = bags

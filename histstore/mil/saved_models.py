@@ -9,8 +9,8 @@ the sha256 the catalog recorded before they are read, and read with
 
 Joint models (one model for a gene panel) store ONE checkpoint per fold shared by the panel's
 gene runs, with `"outputs"`: the gene task names in output order, and per-output
-`decision_threshold` (and `target_scale`) lists. A gene run's prediction takes its task's
-output i (`select_output`):
+`decision_threshold` (and `target_scale`, `output_classes`) lists. A gene run's prediction
+takes its task's output i (`select_output`):
 - logits [B, G] (one value per output): a binary task's log-odds z becomes the logits
   [0, z] (softmax = sigmoid(z)), as single-task binary heads do (mil/models.py
   `_to_logits`); a regression task keeps z;
@@ -81,8 +81,11 @@ def load_saved_model(path: Path, sha256: str | None, label: str, task: str) -> S
             threshold = threshold[index]
         if isinstance(scale, (list, tuple)) and scale and isinstance(scale[0], (list, tuple)):
             scale = scale[index]
+    classes = ck.get("classes")
+    if index is not None and ck.get("output_classes"):  # a joint model's genes may name classes apart
+        classes = ck["output_classes"][index]
     return SavedModel(label, model, FeatureStats.from_checkpoint(stats) if stats else None,
-                      [str(c) for c in ck.get("classes") or []],
+                      [str(c) for c in classes or []],
                       (float(scale[0]), float(scale[1])) if scale else None,
                       None if threshold is None else float(threshold), ck.get("embedding_set"),
                       index, len(outputs) if outputs is not None else None)

@@ -95,7 +95,7 @@ def test_joint_de_resumes_skipping_finished_folds(embedded, monkeypatch):
 
     monkeypatch.setattr(mod, "train_joint_fold", dying)
     with pytest.raises(KeyboardInterrupt):
-        train(embedded, _settings(task="de", genes=("TP53", "EGFR"), epochs=3), show_progress=False)
+        train(embedded, _settings(task="de", genes=("TP53", "EGFR"), epochs=3, final=True), show_progress=False)
     (parent, status), = _q(embedded, "SELECT run_id, status FROM runs WHERE parent_run_id IS NULL AND kind = 'train'")
     assert status == "interrupted"
     assert _q(embedded, "SELECT DISTINCT status FROM runs WHERE parent_run_id = ?", parent) == [("interrupted",)]
@@ -106,13 +106,24 @@ def test_joint_de_resumes_skipping_finished_folds(embedded, monkeypatch):
         resume(embedded, _q(embedded, "SELECT min(run_id) FROM runs WHERE parent_run_id = ?", parent)[0][0],
                show_progress=False)
     rep = resume(embedded, parent, show_progress=False)
-    assert rep.status == "finished" and calls == [1, 2]  # fold 0 was not trained again
+    assert rep.status == "finished" and calls == [1, 2, None]  # fold 0 not trained again; None: final
     assert _q(embedded, "SELECT run_id, count(DISTINCT fold), count(*) FILTER (WHERE fold = 0) FROM predictions "
                         "WHERE subset = 'test' GROUP BY 1 ORDER BY 1") == \
         [(c, 3, n0) for (c, n0) in _q(embedded, "SELECT run_id, count(*) FILTER (WHERE fold = 0 AND subset = 'test') "
                                                 "FROM predictions GROUP BY 1 ORDER BY 1")]
     assert _q(embedded, "SELECT DISTINCT status FROM runs WHERE run_id = ? OR parent_run_id = ?", parent, parent) \
         == [("finished",)]
+    # --final: one joint model on all slides, registered by both genes; predict applies it per gene
+    assert _q(embedded, "SELECT DISTINCT path FROM artifacts WHERE fold IS NULL") == \
+        [(f"checkpoints/runs/{parent}/final.pt",)]
+    assert _q(embedded, "SELECT count(DISTINCT run_id) FROM artifacts WHERE fold IS NULL") == [(2,)]
+    from histstore.predict import predict
+
+    r = predict(embedded, parent, "syn20", device="cpu", show_progress=False)
+    assert sorted(c.task for c in r.children) == ["de:EGFR", "de:TP53"] and all(c.use == "final" for c in r.children)
+    n_pred = dict(_q(embedded, "SELECT r.task, count(*) FROM predictions p JOIN runs r USING (run_id) "
+                               "WHERE r.kind = 'evaluate' AND r.parent_run_id = ? GROUP BY 1", r.run_id))
+    assert n_pred == {"de:EGFR": 20, "de:TP53": 20}  # every slide of the cohort
 
 
 @pytest.mark.parametrize("kw, words", [
