@@ -296,8 +296,9 @@ def _run_folds(store: Store, s: TrainSettings, kind: str, panel: Panel, splits, 
     todo = [f for f in range(splits.n_folds) if f not in done]
     with store.read() as conn:
         need_final = s.final and not all(has_final_model(conn, c) for c in children)
-    bar = progress_bar(total=(len(todo) + need_final) * s.epochs, desc=f"train {kind}:* joint {s.model} (run {parent})",
-                       unit="epoch", disable=not show_progress)
+    bar = progress_bar(total=(len(todo) + need_final) * s.epochs,
+                       desc=f"train {kind}:* joint {s.model} (run {parent})", unit="epoch",
+                       disable=not show_progress)
 
     def on_epoch(rec):
         bar.update(1)
