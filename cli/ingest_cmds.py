@@ -86,8 +86,12 @@ def ingest(store, source, cohort, mpp, magnification, tile_size, overlap, tile_r
 @click.option("--gene-regions", is_flag=True,
               help="Tie each gene's fold change to a subregion of the tumour with that gene's own "
                    "morphology (default: fold changes follow the case's tumour burden).")
+@click.option("--separate-gene-regions", is_flag=True,
+              help="With --gene-regions: place each gene's subregion where no other gene's is, so different "
+                   "genes' signals sit in different parts of the tumour (default: placed independently, "
+                   "they may overlap).")
 def synth(out_dir, n_slides, seed, size, mpp, witness_rate, contrast, sites, stain_variation, slides_per_case,
-          gene_regions):
+          gene_regions, separate_gene_regions):
     """Write a synthetic H&E-like cohort (pyramidal TIFFs, manifest, labels, sites, fold changes).
 
     The difficulty settings and the ground truth (planted tumour regions, gene subregions,
@@ -100,7 +104,7 @@ def synth(out_dir, n_slides, seed, size, mpp, witness_rate, contrast, sites, sta
                           slides_per_case=parse_range(slides_per_case, int, "--slides-per-case"),
                           witness_rate=parse_range(witness_rate, float, "--witness-rate"),
                           contrast=contrast, sites=sites, stain_variation=stain_variation,
-                          gene_regions=gene_regions)
+                          gene_regions=gene_regions, separate_genes=separate_gene_regions)
     n_tumour = sum(s.tumor for s in cohort.slides)
     click.echo(f"wrote {n_slides} synthetic slides ({n_tumour} tumour, {len(cohort.case_burden)} cases, "
                f"{sites} site{'s' if sites > 1 else ''}) to {out_dir} (manifest: {cohort.manifest}, "

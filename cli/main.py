@@ -7,8 +7,8 @@ import click
 
 from histstore import __version__
 from histstore.cli.common import HiststoreGroup
-from histstore.cli import (cohort_cmds, demo_cmds, embed_cmds, ingest_cmds, interop_cmds, label_cmds, pretrain_cmds,
-                           report_cmds, serve_cmds, store_cmds, train_cmds)
+from histstore.cli import (cohort_cmds, demo_cmds, embed_cmds, ingest_cmds, interop_cmds, label_cmds, predict_cmds,
+                           pretrain_cmds, report_cmds, serve_cmds, store_cmds, train_cmds)
 
 
 @click.group(cls=HiststoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +39,7 @@ for command in (store_cmds.init, store_cmds.migrate, store_cmds.status, store_cm
                 ingest_cmds.synth, ingest_cmds.ingest, label_cmds.labels, label_cmds.genes,
                 label_cmds.foldchanges, cohort_cmds.cohort, pretrain_cmds.pretrain, embed_cmds.encoders,
                 embed_cmds.embed, embed_cmds.embeddings, train_cmds.train, train_cmds.runs, train_cmds.compare,
+                predict_cmds.predict,
                 report_cmds.heatmap, report_cmds.report,
                 interop_cmds.features, interop_cmds.export, serve_cmds.serve, demo_cmds.demo):
     main.add_command(command)

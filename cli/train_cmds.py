@@ -28,7 +28,12 @@ def _fmt_summary(summary: dict) -> str:
                              "with --genes, the kind alone (de, up, down, fc).")
 @click.option("--embeddings", help="Embedding set (name or id) [default: the cohort's only one].")
 @click.option("--model", type=RegistryChoice(mil_model_names), default="gated-attention", show_default=True)
-@click.option("--genes", help="'drivers' or a comma-separated list: one model per gene under one parent run.")
+@click.option("--genes", help="'drivers' or a comma-separated list: one model per gene (or one joint model, "
+                             "--joint) under one parent run.")
+@click.option("--joint", is_flag=True,
+              help="With --genes: ONE model for the whole panel (a shared embedding, one attention branch and "
+                   "output per gene; gated-attention or attention), same folds for every gene; each gene's "
+                   "results still land in its own child run.")
 @click.option("--folds", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=50, show_default=True, help="At most; early stopping on validation.")
@@ -64,13 +69,18 @@ def _fmt_summary(summary: dict) -> str:
               help="Memory for the bags (e.g. 6GB, 512MB). The cohort is packed in memory when it fits, "
                    "else streamed from disk per step; the same seed gives the same results either way. "
                    "auto: half the free RAM (free GPU memory when training on a GPU).")
+@click.option("--final", is_flag=True,
+              help="After cross-validation, fit one model on all the slides (10 % of the cases for early "
+                   "stopping); `histstore predict` applies it [default: predict uses the fold models].")
 @click.option("--resume", "resume_run", type=int, help="Continue an interrupted run (other options are ignored).")
 @pass_store
-def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, patience, lr, weight_decay, dropout,
+def train(store, cohort, task, embeddings, model, genes, joint, folds, seed, epochs, patience, lr, weight_decay, dropout,
           bags_per_step, class_weight, select_on, min_epochs, val_fraction, standardize, hidden_dim, attn_dim,
-          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, resume_run):
+          decision_threshold, threshold, p_cut, fc_source, gene_slides, positive, device, memory_budget, final,
+          resume_run):
     """Train and cross-validate a MIL model on a cohort's embeddings; results go to the catalog."""
-    from histstore.train import TrainSettings, resume, train as run_train
+    from histstore.train import TrainSettings
+    from histstore.train_joint import resume, train as run_train  # joint gene runs, else train.py's
 
     def notify(line: str) -> None:
         click.echo(line, err=True)
@@ -85,14 +95,16 @@ def train(store, cohort, task, embeddings, model, genes, folds, seed, epochs, pa
                           epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay, dropout=dropout,
                           bags_per_step=bags_per_step, class_weight=class_weight, select_on=select_on,
                           device=device, threshold=threshold, p_cut=p_cut, fc_source=fc_source,
-                          positive=positive, genes=gene_list, gene_slides=gene_slides, min_epochs=min_epochs,
+                          positive=positive, genes=gene_list, joint=joint, gene_slides=gene_slides,
+                          min_epochs=min_epochs,
                           standardize=standardize, hidden_dim=hidden_dim, attn_dim=attn_dim,
-                          decision_threshold=decision_threshold,
+                          decision_threshold=decision_threshold, final=final,
                           memory_budget=None if memory_budget == "auto" else memory_budget,
                           **({"val_fraction": val_fraction} if val_fraction is not None else {}))
         r = run_train(store, s, notify=notify)
     if r.children or r.task.endswith(":*"):
-        click.echo(f"run {r.run_id} ({r.task}, {r.model}): {len(r.children)} gene models")
+        click.echo(f"run {r.run_id} ({r.task}, {r.model}): " + (f"{len(r.children)} genes in one joint model"
+                                                               if joint else f"{len(r.children)} gene models"))
         for c in r.children:
             click.echo(f"  run {c.run_id} {c.task}: {_fmt_summary(c.summary)}")
         shown = {n for c in r.children for n in c.notes}

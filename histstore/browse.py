@@ -215,14 +215,16 @@ def _run_label(r: dict) -> str:
 
 
 def viewer_runs(store: Store, slide_id: str) -> list[ViewerRun]:
-    """Train runs whose finished test folds hold this slide, for the viewer's run menu; the
-    per-gene runs of a gene run sit under their parent (a switch between the genes' maps)."""
+    """Train and evaluate runs whose finished test folds hold this slide, for the viewer's run
+    menu; the per-gene runs of a gene run sit under their parent (a switch between the genes'
+    maps). An evaluate run's parent is the train run it applied: it stands on its own."""
     with store.read() as conn:
         sid = _require_slide(conn, slide_id)["slide_id"]
         tested = _rows(conn, """
-            SELECT p.run_id, r.parent_run_id, r.model, r.task, r.status, list(DISTINCT p.fold ORDER BY p.fold) AS folds
+            SELECT p.run_id, r.parent_run_id, r.kind, r.model, r.task, r.status,
+                   list(DISTINCT p.fold ORDER BY p.fold) AS folds
             FROM predictions p JOIN runs r ON r.run_id = p.run_id
-            WHERE p.slide_id = ? AND p.subset = 'test' AND r.kind = 'train'
+            WHERE p.slide_id = ? AND p.subset = 'test' AND r.kind IN ('train', 'evaluate')
             GROUP BY ALL ORDER BY p.run_id""", [sid])
         parent_ids = sorted({r["parent_run_id"] for r in tested if r["parent_run_id"] is not None})
         parents = {r["run_id"]: r for r in _rows(
@@ -231,7 +233,7 @@ def viewer_runs(store: Store, slide_id: str) -> list[ViewerRun]:
     out: dict[int, ViewerRun] = {}
     for r in tested:
         pid = r["parent_run_id"]
-        if pid is None:
+        if pid is None or parents.get(pid, {}).get("kind") != r["kind"]:
             out[r["run_id"]] = ViewerRun(int(r["run_id"]), _run_label(r), [int(f) for f in r["folds"]])
             continue
         if pid not in out:

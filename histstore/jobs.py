@@ -58,10 +58,13 @@ class Heartbeat:
     did so meanwhile. Best effort: it skips a beat rather than wait for a busy catalog, never
     holds it longer than one tiny UPDATE, and stops when the block ends."""
 
-    def __init__(self, store, run_id: int, interval: float = HEARTBEAT_S, start_later: bool = False):
+    def __init__(self, store, run_id: int, interval: float = HEARTBEAT_S, start_later: bool = False,
+                 children: bool = False):
         """start_later: the thread starts at `start()` - after a job has forked its tile-reading
-        workers, so that they are not forked from a process with a second thread."""
+        workers, so that they are not forked from a process with a second thread. children:
+        also beat for the run's running child runs (a joint gene run's genes)."""
         self.store, self.run_id, self.interval = store, int(run_id), float(interval)
+        self.children = bool(children)
         self._stop = threading.Event()
         self._last = time.monotonic()
         self._start_later = start_later
@@ -82,7 +85,8 @@ class Heartbeat:
                 if conn is None:
                     return False
                 conn.exec_driver_sql("UPDATE runs SET updated_at = current_timestamp "
-                                     "WHERE run_id = ? AND status = 'running'", (self.run_id,))
+                                     "WHERE (run_id = ? OR (? AND parent_run_id = ?)) AND status = 'running'",
+                                     (self.run_id, self.children, self.run_id))
         except Exception:  # bookkeeping never fails the job
             return False
         self.touch()

@@ -138,7 +138,7 @@ def show_run(store: Store, run_id: int | str, statistics: bool = True) -> RunRep
         live = conn.exec_driver_sql(
             f"SELECT r.progress_done, r.progress_total, r.progress_unit, {HEARTBEAT_AGE_SQL} "
             "FROM runs r WHERE r.run_id = ?", (rid,)).one()
-        if statistics and rep.run["kind"] == "train":
+        if statistics and rep.run["kind"] in ("train", "evaluate"):
             rep.statistics = run_statistics(conn, rep.run)
     run = rep.run
     state = effective_status(run["status"], run["host"], run.get("pid"), live[3])
@@ -175,7 +175,8 @@ def compare(store: Store, run_ids: list[int | str], subset: str = "test") -> Com
         pooled = {}
         pairings = []
         if subset == "test":
-            pooled = {r["run_id"]: run_statistics(conn, r).intervals for r in runs if r["kind"] == "train"}
+            pooled = {r["run_id"]: run_statistics(conn, r).intervals for r in runs
+                      if r["kind"] in ("train", "evaluate")}
             pairings = paired_against_first(conn, runs) if len(runs) > 1 else []
     metrics = sorted({r["metric"] for r in rows})
     labels = [_label(run) for run in runs]

@@ -34,7 +34,7 @@ from histstore.faults import fault_point
 from histstore.jobs import Heartbeat, mark_running, record_progress
 from histstore.evaluation.case_level import case_metric_rows
 from histstore.progress import progress_bar
-from histstore.catalog.runs import require_run
+from histstore.catalog.runs import has_final_model, require_run
 from histstore.runs import create_run, end_run, refuse_if_alive, run_outcome, write_metrics
 from histstore.store import Store
 from histstore.tasks import (GENE_SLIDES, TUMOUR_TASK, TaskSpec, gene_task_slides, parse_task, positive_class,
@@ -71,6 +71,8 @@ class TrainSettings:
     decision_threshold: str = "0.5"  # binary tasks: "0.5", or chosen on the "val" or "train" bags
     val_fraction: float = 1 / 9  # of each fold's non-test cases (HistCode's 80/10/10); 0: none
     memory_budget: str | None = None  # bytes for bags ("6GB"); None/"auto": half the free memory
+    final: bool = False  # after CV, fit one model on all slides (mil/final_model.py): `histstore predict`
+    joint: bool = False  # with genes: one multi-output model for the panel (train_joint.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -253,8 +255,9 @@ class CohortBags:
         return self.source.subset(self.index.positions(slide_ids))
 
 
-def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tuple[str, str]:
-    """The fold's model, written (atomically) before its commit; (store-relative path, sha256)."""
+def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result, name: str | None = None) -> tuple[str, str]:
+    """The fold's model (name: the file's stem, default fold<k>), written (atomically) before
+    its commit; (store-relative path, sha256)."""
     import os
 
     import torch
@@ -262,7 +265,7 @@ def _save_fold_checkpoint(store: Store, run_id: int, p: Prepared, result) -> tup
     from histstore.hashing import sha256_file
     from histstore.mil.standardize import CHECKPOINT_KEY
 
-    ckpt_rel = f"checkpoints/runs/{run_id}/fold{int(result.fold)}.pt"
+    ckpt_rel = f"checkpoints/runs/{run_id}/{name or f'fold{int(result.fold)}'}.pt"
     path = store.resolve(ckpt_rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -313,6 +316,35 @@ def _write_fold(conn: sa.Connection, run_id: int, p: Prepared, tile_ids: list[np
     conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, fold, description, sha256) VALUES "
                          "('mil-checkpoint', ?, ?, ?, ?, ?)",
                          (ckpt_rel, run_id, fold, f"{result.model_spec['name']} weights", ckpt_sha256))
+
+
+def _final_model(store: Store, run_id: int, p: Prepared, bags, config, s: TrainSettings, device,
+                 n_folds: int, progress_cb) -> None:
+    """--final: one model fit on all of the run's bags (mil/final_model.py), committed with its
+    checkpoint (artifact fold NULL) and metrics (fold NULL, subset 'final'); skipped when the
+    run has it already (a resume after it was written)."""
+    from histstore.mil.final_model import FINAL_CHECKPOINT, FINAL_VAL_FRACTION, fit_final
+
+    with store.read() as conn:
+        if has_final_model(conn, run_id):
+            return
+    result = fit_final(bags, p.targets, p.case_ids, p.targets if p.spec.is_regression else p.labels, config,
+                       seed=s.seed, n_folds=n_folds, device=device, progress_cb=progress_cb,
+                       val_fraction=FINAL_VAL_FRACTION if s.val_fraction > 0 else 0.0)
+    ckpt_rel, ckpt_sha = _save_fold_checkpoint(store, run_id, p, result, name=FINAL_CHECKPOINT)
+    rows = [{"subset": "final", "name": k, "value": v} for k, v in (
+        ("n_train", len(result.train_idx)), ("n_val", len(result.val_idx)), ("best_epoch", result.best_epoch),
+        ("decision_threshold", result.threshold), ("seconds_per_epoch", result.seconds_per_epoch)) if v is not None]
+    rows += [{"subset": "final", "name": f"{part}_loss", "step": h.epoch, "value": getattr(h, f"{part}_loss")}
+             for h in result.history for part in ("train", "val")]
+    with store.commit(f"the final model of run {run_id}") as conn:
+        if not has_final_model(conn, run_id):
+            write_metrics(conn, run_id, rows)
+            conn.exec_driver_sql("INSERT INTO artifacts (kind, path, run_id, fold, description, sha256) VALUES "
+                                 "('mil-checkpoint', ?, ?, NULL, ?, ?)",
+                                 (ckpt_rel, run_id, f"{result.model_spec['name']} weights, final model",
+                                  ckpt_sha))
+        record_progress(conn, run_id, done=n_folds + 1)
 
 
 def _finished_folds(conn: sa.Connection, run_id: int) -> set[int]:
@@ -387,7 +419,7 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                                                               "bag_source": asdict(plan)},
                                 seed=s.seed, cohort=s.cohort, task=spec.name, model=s.model,
                                 embedding_set_id=p.info.embedding_set_id, encoder_id=p.info.encoder_id,
-                                parent_run_id=parent_run_id, progress_total=splits.n_folds,
+                                parent_run_id=parent_run_id, progress_total=splits.n_folds + s.final,
                                 progress_unit="fold")
             insert_frame(conn, "splits", _split_rows(run_id, p, splits))
             write_metrics(conn, run_id, stats)
@@ -402,13 +434,13 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                                   p.case_ids, seed=s.seed)
         with store.commit(f"the resume of run {run_id}") as conn:
             mark_running(conn, run_id)
-            record_progress(conn, run_id, done=len(done), total=splits.n_folds, unit="fold")
+            record_progress(conn, run_id, done=len(done), total=splits.n_folds + s.final, unit="fold")
     report = TrainReport(run_id, spec.name, s.model, "running", n_bags=len(p.slide_ids), n_cases=n_cases,
                          n_without_target=p.n_without_target, n_without_embedding=p.n_without_embedding,
                          notes=list(p.notes) + ([plan.describe()] if plan.mode == "streamed" else []))
     bags = cohort_bags.source_for(p.slide_ids)
     remaining = splits.n_folds - len(done)
-    bar = progress_bar(total=remaining * s.epochs, desc=f"train {spec.name} {s.model} (run {run_id})",
+    bar = progress_bar(total=(remaining + s.final) * s.epochs, desc=f"train {spec.name} {s.model} (run {run_id})",
                        unit="epoch", disable=not show_progress)
 
     def on_epoch(rec):
@@ -433,6 +465,9 @@ def _run_single(store: Store, s: TrainSettings, spec: TaskSpec, parent_run_id: i
                 fault_point("train.after_fold")
                 # early-stopped folds leave epochs unused: keep the bar honest
                 bar.update(max(0, s.epochs - len(result.history)))
+            if s.final:
+                _final_model(store, run_id, p, bags, config, s, device, splits.n_folds, on_epoch)
+                beat.touch()
             with store.commit(f"the end of run {run_id}") as conn:
                 end_run(conn, run_id, "finished")
             report.status = "finished"
@@ -465,6 +500,19 @@ def _gene_list(conn: sa.Connection, genes: tuple[str, ...]) -> list[str]:
 def train(store: Store, s: TrainSettings, show_progress: bool = True,
           notify: Callable[[str], None] | None = None) -> TrainReport:
     """notify(line): told how many slides and cases the cohort gives, before training."""
+    check_settings(s)
+    if s.joint:  # train_joint.py builds on this module: it runs them (and the CLI calls it)
+        raise InvalidInput("joint gene runs are trained by histstore.train_joint.train")
+    with store.session():
+        if not s.genes:
+            spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
+            _train_config(s, spec, 2)  # settings validated before anything runs
+            return _run_single(store, s, spec, show_progress=show_progress, notify=notify)
+        return _train_genes(store, s, show_progress, notify)
+
+
+def check_settings(s: TrainSettings) -> None:
+    """The checks every training run makes before anything is read or written."""
     from histstore.mil.models import model_names
 
     if s.model not in model_names():
@@ -478,19 +526,11 @@ def train(store: Store, s: TrainSettings, show_progress: bool = True,
     from histstore.mil.bag_source import parse_budget
 
     parse_budget(s.memory_budget)  # a malformed budget is refused before anything runs
-    with store.session():
-        if not s.genes:
-            spec = parse_task(s.task, s.threshold, s.p_cut, s.fc_source)
-            _train_config(s, spec, 2)  # settings validated before anything runs
-            return _run_single(store, s, spec, show_progress=show_progress, notify=notify)
-        return _train_genes(store, s, show_progress, notify)
 
 
 def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
                  notify: Callable[[str], None] | None = None) -> TrainReport:
     """One model per gene under one parent run; the parent stores the per-gene analysis."""
-    from scipy import stats
-
     kind = s.task.split(":")[0]
     if kind not in ("de", "up", "down", "fc"):
         raise InvalidInput("with --genes, --task is the gene task kind: de, up, down or fc")
@@ -529,26 +569,34 @@ def _train_genes(store: Store, s: TrainSettings, show_progress: bool,
             with store.commit(f"progress of run {parent}") as conn:
                 record_progress(conn, parent, done=i + 1)
             beat.touch()
-        with store.read() as conn:
-            rows = conn.exec_driver_sql("""
-                SELECT r.task, s.mean, m.value FROM runs r
-                JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
-                JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
-                WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
-                ("pearson" if kind == "fc" else "auc", parent)).all()
-        parent_metrics = [{"name": "n_genes", "value": float(len(genes))},
-                          {"name": "n_genes_trained", "value": float(len(rows))}]
-        metric_vals, lfc_vals = [r[1] for r in rows], [r[2] for r in rows]
-        if len(rows) >= 3 and np.ptp(metric_vals) > 0 and np.ptp(lfc_vals) > 0:
-            rho, pval = stats.spearmanr(metric_vals, lfc_vals)
-            parent_metrics += [{"name": "spearman_metric_vs_mean_abs_log2fc", "value": float(rho)},
-                               {"name": "spearman_p", "value": float(pval)}]
-        with store.commit(f"the end of run {parent}") as conn:
-            write_metrics(conn, parent, [{**m, "subset": "genes"} for m in parent_metrics])
-            end_run(conn, parent, "finished")
-        report.status = "finished"
-        report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
+        finish_gene_parent(store, parent, kind, len(genes), report)
     return report
+
+
+def finish_gene_parent(store: Store, parent: int, kind: str, n_genes: int, report: TrainReport) -> None:
+    """The parent's per-gene analysis (test AUC or Pearson of each finished gene run against
+    the gene's mean |log2FC|: Spearman), written with the parent's end."""
+    from scipy import stats
+
+    with store.read() as conn:
+        rows = conn.exec_driver_sql("""
+            SELECT r.task, s.mean, m.value FROM runs r
+            JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test' AND s.metric = ?
+            JOIN metrics m ON m.run_id = r.run_id AND m.subset = 'cohort' AND m.name = 'mean_abs_log2fc'
+            WHERE r.parent_run_id = ? AND r.status = 'finished' AND s.mean IS NOT NULL""",
+            ("pearson" if kind == "fc" else "auc", parent)).all()
+    parent_metrics = [{"name": "n_genes", "value": float(n_genes)},
+                      {"name": "n_genes_trained", "value": float(len(rows))}]
+    metric_vals, lfc_vals = [r[1] for r in rows], [r[2] for r in rows]
+    if len(rows) >= 3 and np.ptp(metric_vals) > 0 and np.ptp(lfc_vals) > 0:
+        rho, pval = stats.spearmanr(metric_vals, lfc_vals)
+        parent_metrics += [{"name": "spearman_metric_vs_mean_abs_log2fc", "value": float(rho)},
+                           {"name": "spearman_p", "value": float(pval)}]
+    with store.commit(f"the end of run {parent}") as conn:
+        write_metrics(conn, parent, [{**m, "subset": "genes"} for m in parent_metrics])
+        end_run(conn, parent, "finished")
+    report.status = "finished"
+    report.summary = {m["name"]: (m["value"], math.nan) for m in parent_metrics}
 
 
 def resume(store: Store, run_id: int, show_progress: bool = True,
@@ -559,6 +607,8 @@ def resume(store: Store, run_id: int, show_progress: bool = True,
         raise InvalidInput(f"run {run_id} is a {run['kind']} run, not a train run")
     if run["status"] == "finished":
         raise InvalidInput(f"run {run_id} already finished")
+    if run["settings"].get("joint"):
+        raise InvalidInput(f"run {run_id} is a joint gene run: histstore.train_joint.resume continues it")
     if run["parent_run_id"] is None and run["task"] and run["task"].endswith(":*"):
         raise InvalidInput("resume the gene runs one by one (their run ids are in `histstore runs show`)")
     st = dict(run["settings"])

@@ -103,7 +103,8 @@ def _checkpoint_rows(conn) -> list[tuple[str, str, str | None]]:
     out = [(f"encoder {name}", path, sha) for name, path, sha in conn.exec_driver_sql(
         "SELECT name, checkpoint_path, checkpoint_sha256 FROM encoders WHERE checkpoint_path IS NOT NULL "
         "ORDER BY encoder_id").all()]
-    out += [(f"run {run} fold {fold} checkpoint", path, sha) for run, fold, path, sha in conn.exec_driver_sql(
+    out += [(f"run {run} {'final' if fold is None else f'fold {fold}'} checkpoint", path, sha)
+            for run, fold, path, sha in conn.exec_driver_sql(
         "SELECT run_id, fold, path, sha256 FROM artifacts WHERE kind = 'mil-checkpoint' "
         "ORDER BY run_id, fold").all()]
     return out

@@ -57,8 +57,9 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
         "AND step IS NULL AND fold IS NOT NULL) ON name USING first(value) ORDER BY fold")
     children = None
     parent_metrics = {}
+    # children of the same kind: a gene run's genes; not the evaluate runs that applied a run
     has_children = conn.exec_driver_sql(
-        "SELECT count(*) FROM runs WHERE parent_run_id = ?", (rid,)).scalar()
+        "SELECT count(*) FROM runs WHERE parent_run_id = ? AND kind = ?", (rid, run["kind"])).scalar()
     if has_children:
         children = query_arrow(conn, """
             SELECT r.run_id, r.task, r.status,
@@ -73,8 +74,8 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
             FROM runs r
             LEFT JOIN run_summary s ON s.run_id = r.run_id AND s.subset = 'test'
             LEFT JOIN metrics m ON m.run_id = r.run_id AND m.fold IS NULL AND m.subset = 'cohort'
-            WHERE r.parent_run_id = $1 GROUP BY r.run_id, r.task, r.status ORDER BY auc DESC NULLS LAST, r.task""",
-            [rid])
+            WHERE r.parent_run_id = $1 AND r.kind = $2 GROUP BY r.run_id, r.task, r.status ORDER BY auc DESC NULLS LAST, r.task""",
+            [rid, run["kind"]])
         parent_metrics = dict(conn.exec_driver_sql(
             "SELECT name, value FROM metrics WHERE run_id = ? AND fold IS NULL", (rid,)).all())
     return RunReport(run, summary, per_fold, children, parent_metrics)
@@ -82,16 +83,31 @@ def read_run_report(conn: sa.Connection, run_id: int | str) -> RunReport:
 
 def read_test_predictions(conn: sa.Connection, run_id: int) -> "pd.DataFrame":
     """A run's test predictions with each slide's case: fold, slide_id, case_id, label,
-    target, score, predicted (one row per test slide)."""
+    target, score, predicted (one row per test slide; an evaluate run's slides without a
+    target for the task are left out)."""
     import pandas as pd  # noqa: F401  (the return type)
 
     return query_arrow(conn, """
         SELECT p.fold, p.slide_id, s.case_id, p.label, p.target, p.score, p.predicted
         FROM predictions p JOIN splits s ON s.run_id = p.run_id AND s.fold = p.fold AND s.slide_id = p.slide_id
-        WHERE p.run_id = $1 AND p.subset = 'test' ORDER BY p.fold, p.slide_id""", [int(run_id)]).to_pandas()
+        WHERE p.run_id = $1 AND p.subset = 'test' AND p.target IS NOT NULL
+        ORDER BY p.fold, p.slide_id""", [int(run_id)]).to_pandas()
 
 
 def split_signature(conn: sa.Connection, run_id: int) -> frozenset:
     """A run's splits as a set of (fold, slide_id, subset): equal sets mean the same splits."""
     return frozenset(conn.exec_driver_sql(
         "SELECT fold, slide_id, subset FROM splits WHERE run_id = ?", (int(run_id),)).all())
+
+
+def mil_checkpoints(conn: sa.Connection, run_id: int) -> list[dict]:
+    """A train run's MIL checkpoints: {"fold" (None: the final model), "path", "sha256"},
+    folds in order, the final model last."""
+    return [dict(r._mapping) for r in conn.exec_driver_sql(
+        "SELECT fold, path, sha256 FROM artifacts WHERE run_id = ? AND kind = 'mil-checkpoint' "
+        "ORDER BY fold NULLS LAST", (int(run_id),)).all()]
+
+
+def has_final_model(conn: sa.Connection, run_id: int) -> bool:
+    """Whether the run's final model (`train --final`) was committed."""
+    return any(c["fold"] is None for c in mil_checkpoints(conn, run_id))

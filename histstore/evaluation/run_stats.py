@@ -44,8 +44,8 @@ def run_statistics(conn: sa.Connection, run: dict) -> RunStatistics:
         if folds and done < folds:
             out.notes.append(f"pooled over the {done} finished folds of {folds}")
     children = conn.exec_driver_sql(
-        "SELECT run_id FROM runs WHERE parent_run_id = ? AND status = 'finished' ORDER BY run_id",
-        (run["run_id"],)).all()
+        "SELECT run_id FROM runs WHERE parent_run_id = ? AND kind = ? AND status = 'finished' ORDER BY run_id",
+        (run["run_id"], run["kind"])).all()
     if children:
         genes = []
         for (cid,) in children:

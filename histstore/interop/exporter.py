@@ -178,9 +178,11 @@ def table_format(path: Path, fmt: str | None) -> str:
 
 
 def _run_ids(run: dict) -> str:
-    """The run and, for a multi-gene parent run, its children (ints, safe to inline)."""
+    """The run and, for a multi-gene parent run, its children of its own kind (ints and a
+    kind from the catalog, safe to inline)."""
     rid = int(run["run_id"])
-    return f"(SELECT run_id FROM runs WHERE run_id = {rid} OR parent_run_id = {rid})"
+    kind = {"train": "train", "evaluate": "evaluate"}.get(run["kind"], "")
+    return f"(SELECT run_id FROM runs WHERE run_id = {rid} OR (parent_run_id = {rid} AND kind = '{kind}'))"
 
 
 def predictions_sql(run_set: str) -> str:

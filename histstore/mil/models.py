@@ -19,6 +19,11 @@ loss; its meaning is the class attribute `attention_kind`:
 `aux_weight` (the loss is (1 - w) * L(logits) + w * L(aux_logits)): DSMIL's max-instance
 score and MIL-RNN's top-1 instance.
 
+Multi-output forms (`MULTI_OUTPUT`, used by `train --joint` for a gene panel): one output per
+gene, each with its own attention branch (CLAM's multi-branch design): logits [B, K] (one
+binary log-odds or one value per output) and attention [T, K] (column k: output k's map).
+They are not `--model` choices of their own.
+
 References: gated attention and its settings from HistCode (arXiv 2204.11994) and its code;
 ABMIL (Ilse et al., ICML 2018); DSMIL (Li et al., CVPR 2021); MIL-RNN (Campanella et al.,
 Nature Medicine 2019). See docs method-reference.
@@ -139,6 +144,7 @@ class MILModel(nn.Module):
     name: ClassVar[str]
     attention_kind: ClassVar[str]
     config_cls: ClassVar[type[MILConfig]]
+    multi_output: ClassVar[bool] = False  # True: one output (and attention column) per target
 
     def __init__(self, config: MILConfig):
         super().__init__()
@@ -392,6 +398,79 @@ class MILRNN(MILModel):
         return MILOutput(logits, score.detach(), aux, self.config.instance_loss_weight)
 
 
+# ---------------------------------------------------------------------- multi-output models
+
+class _MultiBranchAttention(MILModel):
+    """Attention pooling with one branch per output (CLAM's multi-branch form, Lu et al. 2021,
+    one branch per output instead of per class): a shared tile embedding and attention body,
+    then for each output k its own attention column, pooled vector and linear head:
+
+    h'_i = embed(h_i)                                   [N, H]  shared
+    a_ik = w_k^T body(h'_i)                             [N, K]  (body: gated or plain)
+    alpha_k = softmax_i(a_k);  z_k = sum_i alpha_ik h'_i [K, H]
+    logit_k = v_k . z_k + b_k                           [K]
+
+    Output k is a binary log-odds (multi-label classification, sigmoid) or a value
+    (multi-output regression); which one is the trainer's business. `attention` is
+    [T, K]: column k is output k's softmax attention (each bag's column sums to 1)."""
+
+    attention_kind = "softmax"
+    multi_output: ClassVar[bool] = True
+    embed: nn.Module
+    heads: nn.Linear  # row k of the weight is output k's head; applied to z_k only
+
+    def attention_logits(self, h: Tensor) -> Tensor:
+        """Abstract: h' [T, H] -> unnormalised attention [T, K]."""
+        raise NotImplementedError(f"{type(self).__name__} must define attention_logits")
+
+    def forward_segments(self, x, seg, n_bags):
+        h = self.embed(x)                                               # [T, H]
+        alpha = segment_softmax(self.attention_logits(h), seg, n_bags)  # [T, K]
+        if seg is None:
+            z = (alpha.t() @ h).unsqueeze(0)                            # [1, K, H]
+        else:
+            z = torch.stack([segment_sum(alpha[:, k:k + 1] * h, seg, n_bags)
+                             for k in range(alpha.shape[1])], dim=1)   # [B, K, H]
+        logits = (z * self.heads.weight).sum(-1) + self.heads.bias      # [B, K]
+        return MILOutput(logits, alpha.detach())
+
+
+class GatedAttentionMultiMIL(_MultiBranchAttention):
+    """Gated attention (HistCode's pooling) with one attention branch per output: V and U
+    shared, w_k per output (CLAM_MB's attention_c: Linear(attn_dim, K))."""
+
+    name = "gated-attention-multi"
+    config_cls = GatedAttentionConfig
+
+    def __init__(self, config: GatedAttentionConfig):
+        super().__init__(config)
+        self.embed = _embedding(config.in_dim, config.hidden_dim, config.dropout)
+        self.attn_vu = nn.Linear(config.hidden_dim, 2 * config.attn_dim)
+        self.attn_w = nn.Linear(config.attn_dim, config.n_outputs)
+        self.heads = nn.Linear(config.hidden_dim, config.n_outputs)
+
+    def attention_logits(self, h: Tensor) -> Tensor:
+        v, u = self.attn_vu(h).chunk(2, dim=-1)
+        return self.attn_w(torch.tanh(v) * torch.sigmoid(u))
+
+
+class AttentionMultiMIL(_MultiBranchAttention):
+    """ABMIL attention without the gate, one branch per output (M = 500, L = 128)."""
+
+    name = "attention-multi"
+    config_cls = AttentionConfig
+
+    def __init__(self, config: AttentionConfig):
+        super().__init__(config)
+        self.embed = _embedding(config.in_dim, config.hidden_dim, config.dropout)
+        self.attn_v = nn.Linear(config.hidden_dim, config.attn_dim)
+        self.attn_w = nn.Linear(config.attn_dim, config.n_outputs)
+        self.heads = nn.Linear(config.hidden_dim, config.n_outputs)
+
+    def attention_logits(self, h: Tensor) -> Tensor:
+        return self.attn_w(torch.tanh(self.attn_v(h)))
+
+
 # -------------------------------------------------------------------------------- registry
 
 MODELS: dict[str, type[MILModel]] = {
@@ -399,14 +478,33 @@ MODELS: dict[str, type[MILModel]] = {
 }
 
 
+# the multi-output form of a model (`train --joint`: one output per gene), by the model's
+# name; checkpoints name the multi-output class (e.g. "gated-attention-multi")
+MULTI_OUTPUT: dict[str, type[MILModel]] = {
+    "gated-attention": GatedAttentionMultiMIL,
+    "attention": AttentionMultiMIL,
+}
+_BY_NAME: dict[str, type[MILModel]] = {**MODELS, **{m.name: m for m in MULTI_OUTPUT.values()}}
+
+
 def model_names() -> list[str]:
+    """The single-output models (`train --model` choices)."""
     return list(MODELS)
+
+
+def multi_output_name(name: str) -> str:
+    """The registered multi-output form of model `name`; InvalidInput if it has none."""
+    if name not in MULTI_OUTPUT:
+        raise InvalidInput(f"model {name!r} has no multi-output form for --joint; "
+                           f"use one of: {', '.join(MULTI_OUTPUT)}")
+    return MULTI_OUTPUT[name].name
 
 
 def build_model(name: str, in_dim: int, n_outputs: int, **cfg: Any) -> MILModel:
     """Build a registered model: `build_model("gated-attention", 1024, 2, dropout=0.25)`.
 
-    n_outputs: number of classes (>= 2) for classification, 1 for regression.
+    n_outputs: number of classes (>= 2) for classification, 1 for regression; for a
+    multi-output model (MULTI_OUTPUT), the number of outputs (genes).
     """
     cls = _model_class(name, cfg)
     return cls(cls.config_cls(in_dim=in_dim, n_outputs=n_outputs, **cfg))
@@ -419,9 +517,9 @@ def check_model_settings(name: str, cfg: dict[str, Any]) -> None:
 
 
 def _model_class(name: str, cfg: dict[str, Any]) -> type[MILModel]:
-    if name not in MODELS:
+    if name not in _BY_NAME:
         raise InvalidInput(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    cls = MODELS[name]
+    cls = _BY_NAME[name]
     allowed = {f.name for f in fields(cls.config_cls)} - {"in_dim", "n_outputs"}
     unknown = sorted(set(cfg) - allowed)
     if unknown:

@@ -72,6 +72,7 @@ def train_fold(
     device: str | torch.device = "cpu",
     progress_cb: Callable[[EpochRecord], None] | None = None,
     fold: int | None = None,
+    allow_no_test: bool = False,
 ) -> FoldResult:
     """Train on train_idx, select the epoch on val_idx, predict val and test bags.
 
@@ -79,7 +80,8 @@ def train_fold(
     folds; `StreamedBags`: read from disk per step).
     targets [n]: class index (classification) or float (regression), one per bag.
     Returns per-bag predictions, test-bag attention, per-epoch history, the selected epoch
-    and its weights. Deterministic on the CPU for a given seed.
+    and its weights. Deterministic on the CPU for a given seed. allow_no_test: a model fit on
+    every bag (a run's final model, mil/final_model.py) has no test bags.
     """
     t_start = time.perf_counter()
     dev = resolve_device(device)
@@ -90,7 +92,7 @@ def train_fold(
     y_all = check_targets(targets, n, config.task)
     tr, va, te = (_as_idx(i, n, name) for i, name in
                   ((train_idx, "train"), (val_idx, "val"), (test_idx, "test")))
-    if len(tr) == 0 or len(te) == 0:
+    if len(tr) == 0 or (len(te) == 0 and not allow_no_test):
         raise InvalidInput("a fold needs at least one train and one test bag")
     if (len(np.intersect1d(tr, va)) or len(np.intersect1d(tr, te))
             or len(np.intersect1d(va, te))):

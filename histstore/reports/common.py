@@ -54,11 +54,13 @@ def is_regression(run: dict) -> bool:
 
 
 def require_train_run(conn: sa.Connection, run_id: int | str) -> dict:
+    """A run with MIL results: a train run, or an evaluate run (`histstore predict`, laid out
+    as a train run with one test fold)."""
     run = require_run(conn, run_id)
-    if run["kind"] != "train":
+    if run["kind"] not in ("train", "evaluate"):
         article = "an" if run["kind"][:1] in ("a", "e", "i", "o", "u") else "a"
         raise InvalidInput(f"run {run['run_id']} is {article} {run['kind']} run: heatmaps and reports cover "
-                           "train runs", hint="see `histstore runs list --kind train`")
+                           "train and evaluate runs", hint="see `histstore runs list --kind train`")
     return run
 
 

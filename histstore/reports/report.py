@@ -93,7 +93,8 @@ def _load(store: Store, run_id: int | str) -> _RunData:
     rid = int(run["run_id"])
     with store.read() as conn:
         preds = query_arrow(conn, "SELECT fold, slide_id, label, target, score, predicted FROM predictions "
-                                  "WHERE run_id = $1 AND subset = 'test' ORDER BY fold, slide_id", [rid]).to_pandas()
+                                  "WHERE run_id = $1 AND subset = 'test' AND target IS NOT NULL "
+                                  "ORDER BY fold, slide_id", [rid]).to_pandas()
         curves = query_arrow(conn, "SELECT fold, subset, step, value FROM metrics WHERE run_id = $1 AND "
                                    "name = 'loss' AND step IS NOT NULL AND fold IS NOT NULL "
                                    "ORDER BY fold, subset, step", [rid]).to_pandas()

@@ -74,8 +74,8 @@ def load_slide_attention(store: Store, run_id: int | str, slide_id: str,
         rid = int(run["run_id"])
         q = conn.exec_driver_sql
         if not q("SELECT count(*) FROM splits WHERE run_id = ?", (rid,)).scalar():
-            children = q("SELECT run_id, task FROM runs WHERE parent_run_id = ? ORDER BY run_id",
-                         (rid,)).all()
+            children = q("SELECT run_id, task FROM runs WHERE parent_run_id = ? AND kind = ? ORDER BY run_id",
+                         (rid, run["kind"])).all()
             if children:
                 first = children[0][0]
                 raise InvalidInput(

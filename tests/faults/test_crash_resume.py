@@ -86,6 +86,25 @@ def test_train_killed_in_a_fold_commit_resumes_to_the_same_folds(tmp_path, stage
     assert_verify_clean(store)
 
 
+def test_predict_killed_in_a_commit_resumes_to_the_same_predictions(tmp_path, stages):
+    from histstore.predict import predict, resume_predict
+
+    run = stages["train_run"]
+    baseline = copy_store(stages["results"], tmp_path / "a")
+    want = predict(baseline, run, "c", device="cpu", show_progress=False).run_id
+    store = copy_store(stages["results"], tmp_path / "b")
+    killed_at(store, "predict.mid_commit:1", "predict", "--run", run, "--cohort", "c", "--device", "cpu")
+    (eval_id, status), = q(store, "SELECT run_id, status FROM runs WHERE kind = 'evaluate'")
+    assert status == "running" and q(store, "SELECT count(*) FROM predictions WHERE run_id = ?", eval_id) == [(0,)]
+    rep = resume_predict(store, eval_id, device="cpu", show_progress=False)
+    assert rep.status == "finished" and rep.n_slides == 6
+    for sql in ("SELECT slide_id, label, score, predicted FROM predictions WHERE run_id = ? ORDER BY 1",
+                "SELECT tile_id, score FROM attention WHERE run_id = ? ORDER BY 1",
+                "SELECT name, value FROM metrics WHERE run_id = ? ORDER BY 1"):
+        assert q(store, sql, eval_id) == q(baseline, sql, want)
+    assert_verify_clean(store)
+
+
 def test_pretrain_killed_between_checkpoints_resumes_to_the_same_encoder(tmp_path, stages):
     from histstore.pretrain import PretrainSettings, pretrain
 

@@ -92,7 +92,8 @@ def hard(tmp_path_factory):
 def test_several_slides_per_case_and_sites_by_case(hard):
     truth = hard.truth()
     assert truth["difficulty"] == {"witness_rate": [0.3, 0.3], "contrast": 0.5, "sites": 3,
-                                   "stain_variation": 1.0, "slides_per_case": [1, 3], "gene_regions": True}
+                                   "stain_variation": 1.0, "slides_per_case": [1, 3], "gene_regions": True,
+                                   "separate_genes": False}
     assert set(truth["sites"]) == {"SA", "SB", "SC"}
     per_case: dict[str, list] = {}
     for s in hard.slides:
@@ -175,3 +176,31 @@ def test_synth_cli_records_difficulty(tmp_path):
     bad = CliRunner().invoke(main, ["synth", str(tmp_path / "d"), "--witness-rate", "0.5-0.1"])
     assert bad.exit_code != 0 and "witness rate" in bad.output and "Traceback" not in bad.output
     assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def test_separate_gene_subregions_rarely_overlap():
+    """separate_genes: each gene's subregion goes where no earlier gene's is; placed
+    independently, subregions often overlap. Overlap: shared tumour area over the smaller
+    subregion's, per pair of genes on a slide."""
+    import itertools
+
+    import cv2
+
+    def overlap(separate):
+        out = []
+        for seed in range(8):
+            m = make_slide_model(1024, 1024, 0.5, seed, True, 0.3, marks=dict(list(MARKS.items())[:4]),
+                                 separate_genes=separate)
+            tumour = m.lowres_masks(8)[1]
+            masks = {}
+            for g, p in m.gene_regions.items():
+                r = np.zeros(tumour.shape, np.uint8)
+                cv2.fillPoly(r, [np.round(p / 8).astype(np.int32)], 1)
+                masks[g] = r.astype(bool) & tumour
+            out += [(masks[a] & masks[b]).sum() / max(1, min(masks[a].sum(), masks[b].sum()))
+                    for a, b in itertools.combinations(masks, 2)]
+        return float(np.mean(out))
+
+    assert overlap(True) < 0.1 < 0.2 < overlap(False)
+    with pytest.raises(InvalidInput, match="need gene regions"):
+        synth_cohort("unused", n_slides=2, separate_genes=True)

@@ -14,7 +14,8 @@ Fold changes (GENES: strong, weak and 'none' genes) follow one of two models:
 - gene_regions: each signal gene is differentially expressed in a case with probability 1/2;
   then log2FC = base + effect (+-2.5 strong, +-1.4 weak) + noise, and each of the case's
   tumour slides shows the gene's mark (`marks.MARKS`) in a subregion of its tumour. Only that
-  subregion carries the gene's signal.
+  subregion carries the gene's signal. Subregions are placed independently (two genes' may
+  overlap), or with separate_genes each in tumour the others left free.
 The difficulty knobs are documented in `difficulty.py`.
 """
 from __future__ import annotations
@@ -114,6 +115,7 @@ def synth_cohort(
     sites: int = 1,
     stain_variation: float = 1.0,
     gene_regions: bool = False,
+    separate_genes: bool = False,
 ) -> SynthCohort:
     """Write a synthetic cohort of `n_slides` slides under out_dir.
 
@@ -121,7 +123,7 @@ def synth_cohort(
     alternating tumour (sample type 01) and normal (11), so with 2 per case half the slides
     are tumour. Each case draws a witness rate in `witness_rate` (a number or a (low, high)
     range): the fraction of its tumour slides' tissue covered by planted regions. contrast,
-    sites, stain_variation, gene_regions: see `difficulty.py`. Defaults reproduce the
+    sites, stain_variation, gene_regions, separate_genes: see `difficulty.py`. Defaults reproduce the
     cohorts written before these knobs existed, slide for slide.
     foldchanges.csv: see the module docstring; p_adj from a normal approximation,
     BH-adjusted within the case.
@@ -135,7 +137,7 @@ def synth_cohort(
         raise InvalidInput(f"slides must be at least 16 x 16 px with mpp > 0, got {size[0]}x{size[1]} at {mpp}")
     diff = Difficulty(as_range(witness_rate, float, "witness rate"), float(contrast), sites,
                       float(stain_variation), as_range(slides_per_case, int, "slides per case"),
-                      bool(gene_regions))
+                      bool(gene_regions), bool(separate_genes))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
@@ -168,6 +170,7 @@ def synth_cohort(
                 contrast=diff.contrast,
                 stain=site,
                 marks=marks,
+                separate_genes=diff.separate_genes,
             )
         )
 

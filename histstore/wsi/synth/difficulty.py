@@ -13,6 +13,10 @@ its truth file.
   (DX1), normal, tumour (DX2), ... Default (2, 2): one tumour and one normal slide per case.
 - gene_regions: fold changes come from gene subregions (`marks.py`) instead of from the
   case's tumour burden. Default off.
+- separate_genes (needs gene_regions): each gene's subregion is placed in tumour that the
+  case's other genes' subregions left free, so different genes' signals sit in different
+  places (a joint model's per-gene attention can then be told apart); off, subregions are
+  placed independently and may overlap. Default off.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class Difficulty:
     stain_variation: float = 1.0
     slides_per_case: tuple[int, int] = (2, 2)
     gene_regions: bool = False
+    separate_genes: bool = False
 
     def __post_init__(self):
         lo, hi = self.witness_rate
@@ -45,11 +50,13 @@ class Difficulty:
         a, b = self.slides_per_case
         if not (isinstance(a, int) and isinstance(b, int) and 1 <= a <= b <= 9):
             raise InvalidInput(f"slides per case must be integers 1 <= low <= high <= 9, got {a}-{b}")
+        if self.separate_genes and not self.gene_regions:
+            raise InvalidInput("separate gene subregions need gene regions (--gene-regions)")
 
     def to_dict(self) -> dict:
         return {"witness_rate": list(self.witness_rate), "contrast": self.contrast, "sites": self.sites,
                 "stain_variation": self.stain_variation, "slides_per_case": list(self.slides_per_case),
-                "gene_regions": self.gene_regions}
+                "gene_regions": self.gene_regions, "separate_genes": self.separate_genes}
 
 
 def as_range(value, kind: type, what: str) -> tuple:

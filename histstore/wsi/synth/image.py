@@ -443,10 +443,12 @@ def make_slide_model(
     contrast: float = 1.0,
     stain: SiteStain | None = None,
     marks: dict[str, GeneMark] | None = None,
+    separate_genes: bool = False,
 ) -> SlideModel:
     """Pick the tissue blob and, for a tumour slide, regions covering ~burden of the tissue
     (fewer, larger regions at low burden: each at least ~1 % of the tissue) and, for each
-    gene in `marks`, a subregion of the tumour showing that gene's mark."""
+    gene in `marks`, a subregion of the tumour showing that gene's mark (separate_genes:
+    each gene's subregion placed in tumour no earlier gene's subregion took)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -479,7 +481,7 @@ def make_slide_model(
         radius = math.sqrt(burden * share * tissue_area / math.pi)
         model.regions.append(_blob(rng, dist, step, radius, width, height))
     if marks:
-        _place_gene_regions(model, marks, np.random.default_rng([seed, 53]))
+        _place_gene_regions(model, marks, np.random.default_rng([seed, 53]), separate_genes)
     return model
 
 
@@ -505,9 +507,16 @@ def _blob(rng: np.random.Generator, dist: np.ndarray, step: float, radius: float
     return np.round(poly, 1)
 
 
-def _place_gene_regions(model: SlideModel, marks: dict[str, GeneMark], rng: np.random.Generator) -> None:
+def _place_gene_regions(model: SlideModel, marks: dict[str, GeneMark], rng: np.random.Generator,
+                        separate: bool = False) -> None:
     """Each gene's subregion: a blob covering 25-45 % of one planted region (chosen by area),
-    inside it as far as its shape allows. Its mark shows only where it overlaps the tumour."""
+    inside it as far as its shape allows. Its mark shows only where it overlaps the tumour.
+
+    Placed independently, two genes' subregions may overlap (one tile then carries both
+    marks). separate: each gene's blob goes into the tumour that the blobs placed before it
+    left free (region chosen and sized by its free area), so the genes' signals sit in
+    different places - as far as the tumour's area allows (the last of many genes gets a
+    small blob); a gene with no free tumour left gets none."""
     import cv2
 
     step = max(model.width, model.height) / 512.0
@@ -517,6 +526,9 @@ def _place_gene_regions(model: SlideModel, marks: dict[str, GeneMark], rng: np.r
         m = np.zeros((ny, nx), np.uint8)
         cv2.fillPoly(m, [np.round((p / step - 0.5) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
         masks.append(m)
+    if separate:
+        _place_separately(model, marks, rng, masks, step)
+        return
     areas = np.array([m.sum() for m in masks], np.float64) * step * step
     for gene, mark in marks.items():
         model.marks[gene] = mark
@@ -524,3 +536,27 @@ def _place_gene_regions(model: SlideModel, marks: dict[str, GeneMark], rng: np.r
         radius = math.sqrt(rng.uniform(0.25, 0.45) * areas[i] / math.pi)
         dist = cv2.distanceTransform(np.pad(masks[i], 1), cv2.DIST_L2, 5)[1:-1, 1:-1] * step
         model.gene_regions[gene] = _blob(rng, dist, step, radius, model.width, model.height)
+
+
+def _place_separately(model: SlideModel, marks: dict[str, GeneMark], rng: np.random.Generator,
+                      masks: list[np.ndarray], step: float) -> None:
+    """_place_gene_regions(separate=True): blobs in tumour not yet taken by another gene."""
+    import cv2
+
+    free = [m.copy() for m in masks]
+    for gene, mark in marks.items():
+        areas = np.array([m.sum() for m in free], np.float64) * step * step
+        if areas.sum() <= 0:
+            continue  # no free tumour left: this gene shows nowhere on this slide
+        model.marks[gene] = mark
+        i = int(rng.choice(len(free), p=areas / areas.sum()))
+        radius = math.sqrt(rng.uniform(0.25, 0.45) * areas[i] / math.pi)
+        dist = cv2.distanceTransform(np.pad(free[i], 1), cv2.DIST_L2, 5)[1:-1, 1:-1] * step
+        poly = _blob(rng, dist, step, radius, model.width, model.height)
+        model.gene_regions[gene] = poly
+        taken = np.zeros_like(free[i])
+        cv2.fillPoly(taken, [np.round((poly / step - 0.5) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+        # a margin of one grid cell, so that neighbouring blobs do not share edge tiles
+        taken = cv2.dilate(taken, np.ones((3, 3), np.uint8))
+        for m in free:
+            m[taken > 0] = 0

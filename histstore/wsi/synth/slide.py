@@ -67,6 +67,7 @@ def synth_slide(
     contrast: float = 1.0,
     stain: SiteStain | None = None,
     marks: dict[str, GeneMark] | None = None,
+    separate_genes: bool = False,
 ) -> SynthSlide:
     """Write one synthetic slide. size is (width, height) level-0 px.
 
@@ -74,7 +75,7 @@ def synth_slide(
     its long side, so 2048 px gives 3 levels and 60000 px gives 4. Large sizes stream: e.g.
     `synth_slide(p, size=(60000, 60000), mpp=0.25)` for a benchmark.
 
-    contrast, stain and marks: see `make_slide_model` (tumour look, site stain and scanner,
+    contrast, stain, marks and separate_genes: see `make_slide_model` (tumour look, site stain and scanner,
     gene subregions of a tumour slide).
     """
     width, height = int(size[0]), int(size[1])
@@ -87,7 +88,7 @@ def synth_slide(
         while max(width, height) / (downsamples[-1] * 4) >= 128 and len(downsamples) < 4:
             downsamples += (downsamples[-1] * 4,)
     model = make_slide_model(width, height, mpp, seed, tumor, burden, n_regions, contrast=contrast,
-                             stain=stain, marks=marks)
+                             stain=stain, marks=marks, separate_genes=separate_genes)
     path = Path(path)
     write_slide_tiff(path, model, downsamples=tuple(downsamples), jpeg_quality=jpeg_quality)
     step = max(1.0, max(width, height) / 1024.0)
