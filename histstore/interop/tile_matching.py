@@ -39,10 +39,6 @@ def tiling_candidates(conn: sa.Connection, slide_id: str) -> list[tuple]:
     return out
 
 
-def match_tiling(conn: sa.Connection, slide_id: str, xy: np.ndarray, size_l0: int):
-    return match_candidates(tiling_candidates(conn, slide_id), xy, size_l0)
-
-
 def match_candidates(candidates: list[tuple], xy: np.ndarray, size_l0: int):
     """(tiling_id, kind, order, None) of an existing tiling of this tile size with exactly these
     corners (grid tilings first), else (None, None, None, note on the closest miss or None)."""
