@@ -1,7 +1,12 @@
 """Embedding throughput: `histstore embed` end to end against the encoder's forward pass alone
 and against the loop a user would write, with a profile of where the time goes.
 
-Setup (not timed): a synthetic cohort (quick: 4 slides, full: 16), ingested at 128 px, 0.5 um/px.
+Setup (not timed): a synthetic cohort ingested at 128 px, 0.5 um/px, of slides large enough that
+per-slide costs (the stain fit's sample of up to 128 tiles, array creation, catalog rows) weigh
+what they weigh on real slides: full: 4 slides of 8192 x 8192 px (~2,300 tissue tiles each; a
+TCGA diagnostic slide has 10,000-30,000 at these settings, so this still overstates them), quick:
+2 slides of 4096 x 4096 px (~550 each). The 2048 px slides used before (~160 tiles) made the
+stain fit read nearly every tile twice.
 Candidates, all on the same tiles, batch 64, the same precision (bf16 autocast where the CPU
 has it) and torch threads, taken in turn (ABAB...) `repeats` times; medians reported:
 
@@ -196,12 +201,12 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
     import histstore.embeddings.stain  # noqa: F401   a real job embeds for minutes to hours)
     import torchvision  # noqa: F401
 
-    n_slides = 4 if quick else 16
+    n_slides, side = (2, 4096) if quick else (4, 8192)
     repeats = repeats or (3 if quick else 5)
     amp = resolve_amp("auto", torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cohort = synth_cohort(tmp / "slides", n_slides=n_slides, seed=3)
+        cohort = synth_cohort(tmp / "slides", n_slides=n_slides, seed=3, size=(side, side))
         store, _ = Store.init(tmp / "base")
         ingest(store, cohort.manifest, TilingSpec(), cohort="bench", workers=1, show_progress=False)
         with store.read() as conn:
@@ -259,7 +264,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
         stages = _stages(slides, model, amp)
         profile = _profile(lambda: embed_fresh("profiled", stain_norm="macenko")())
     precision = reports["histstore"].precision
-    return [{"arch": ARCH, "n_slides": n_slides, "n_tiles": n, "batch_size": BATCH, "precision": precision,
+    return [{"arch": ARCH, "n_slides": n_slides, "slide_px": side, "n_tiles": n, "batch_size": BATCH, "precision": precision,
              "threads": torch.get_num_threads(), "repeats": repeats,
              "candidates": {k: {"median_s": median(v), "all_s": v, "tiles_per_s": n / median(v)}
                             for k, v in per_call.items()},
@@ -269,7 +274,8 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
 def rows(results: list[dict]) -> list[Row]:
     r = results[0]
     c = {k: v["tiles_per_s"] for k, v in r["candidates"].items()}
-    what = f"{r['arch']}, 128 px, {r['precision']}, batch {r['batch_size']}, {r['n_tiles']:,} tiles"
+    what = (f"{r['arch']}, 128 px, {r['precision']}, batch {r['batch_size']}, {r['n_tiles']:,} tiles "
+            f"on {r['n_slides']} slides")
     w = r["writer_blocks"]
     return [
         Row("embed: end to end, Macenko", f"{c['histstore']:.0f} tiles/s ({what}; read, normalise, encode, "

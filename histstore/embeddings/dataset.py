@@ -8,9 +8,10 @@ the reading and normalising overlap with the model.
 
 `tile_batches` is what embedding iterates: with worker processes (GPU machines: many cores) a
 DataLoader as above; without, `ThreadedTileBatches`, which reads in this process on one
-background thread (OpenSlide decodes with the GIL released) and normalises on the caller's
-thread: no batch is pickled across processes and no second process competes with the model's
-OpenMP team, which matters on a CPU with few cores (benchmarks/bench_embed.py times both).
+background thread (OpenSlide decodes with the GIL released) and, for embedding, also applies
+each slide's stain fit and the preprocessing there (one torch thread of its own): no batch is
+pickled across processes and no second process competes with the model's OpenMP team, which
+matters on a CPU with few cores (benchmarks/bench_embed.py times both).
 """
 from __future__ import annotations
 
@@ -215,17 +216,21 @@ class ThreadedTileBatches:
 
     The reading thread runs at a lower priority (like the niced worker processes: when cores
     are scarce the model's OpenMP team keeps them and reading fills the gaps) and stays at most
-    `prefetch` batches ahead. Macenko runs on the caller's thread, with torch's threads, just
-    before the batch is handed over. A reading error is raised in the caller; leaving the loop
-    early stops the thread.
+    `prefetch` batches ahead. `transform(tiles, indices)`, when given, runs on the reading
+    thread too, with one torch thread of its own (OpenMP's thread count is per calling
+    thread, so the caller's model keeps its team): the embed loop passes per-slide stain
+    normalisation and preprocessing, so that only the model runs on the caller's thread.
+    stain_norm="macenko" (per tile) runs on the caller's thread, with torch's threads, just
+    before the batch is handed over. A reading or transform error is raised in the caller;
+    leaving the loop early stops the thread.
     """
 
     def __init__(self, dataset: TileDataset, batch_size: int, stain_norm: str = "none",
-                 prefetch: int = 2, nice: int = 10):
+                 prefetch: int = 2, nice: int = 10, transform=None):
         if stain_norm not in ("none", "macenko"):
             raise ValueError(f"stain_norm must be none or macenko, not {stain_norm!r}")
         self.dataset, self.batch_size, self.stain_norm = dataset, int(batch_size), stain_norm
-        self.prefetch, self.nice = max(1, int(prefetch)), nice
+        self.prefetch, self.nice, self.transform = max(1, int(prefetch)), nice, transform
 
     def __len__(self) -> int:
         return len(slide_batches(self.dataset.offsets, self.batch_size))
@@ -240,6 +245,8 @@ class ThreadedTileBatches:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             except (AttributeError, OSError):
                 pass
+        if self.transform is not None:
+            torch.set_num_threads(1)  # this thread's OpenMP team only
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -256,6 +263,10 @@ class ThreadedTileBatches:
                 size = int(self.dataset.slides[self.dataset.locate(start)[0]].read_spec["tile_size"])
                 tiles = np.empty((n, size, size, 3), np.uint8)
                 self.dataset.read_into(tiles, start)
+                if self.transform is not None:
+                    index = np.arange(start, end, dtype=np.int64)
+                    with torch.inference_mode():
+                        tiles = self.transform(torch.from_numpy(tiles), index)
                 if not put((tiles, start)):
                     return
             put(None)
@@ -281,7 +292,8 @@ class ThreadedTileBatches:
                 if isinstance(item, BaseException):
                     raise item
                 tiles, start = item
-                tiles = torch.from_numpy(tiles)
+                if not isinstance(tiles, torch.Tensor):
+                    tiles = torch.from_numpy(tiles)
                 if self.stain_norm == "macenko":
                     from histstore.embeddings.stain import macenko_normalize
 
@@ -293,10 +305,12 @@ class ThreadedTileBatches:
 
 
 def tile_batches(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, transform=None):
     """Batches of consecutive tiles of one slide each, for embedding: (uint8 [B, H, W, 3],
     int64 indices [B]). workers > 0: a DataLoader with that many reading processes; 0:
-    ThreadedTileBatches."""
+    ThreadedTileBatches, with `transform` (if any) applied on its reading thread."""
     if workers > 0:
+        if transform is not None:
+            raise ValueError("transform runs on the reading thread: workers must be 0")
         return tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=pin_memory, slide_aligned=True)
-    return ThreadedTileBatches(dataset, batch_size, stain_norm)
+    return ThreadedTileBatches(dataset, batch_size, stain_norm, transform=transform)

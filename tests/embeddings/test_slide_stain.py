@@ -219,3 +219,27 @@ def test_bad_stain_options_are_refused_before_anything_else(store, cli):
     assert "Error" in res.output.strip().splitlines()[-1]
     with store.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM embedding_sets").scalar() == 0
+
+
+def test_stain_on_the_reading_thread_gives_the_same_embeddings(two_slides):
+    """On a CPU, with the in-process reader (workers=0) the fit, its application and the
+    preprocessing run on the reading thread; with reader processes they run on the caller's
+    thread. The embeddings and the recorded fits must not depend on where they ran."""
+    import shutil
+
+    from histstore.embed import embed
+    from histstore.embeddings.arrays import read_array
+    from histstore.embeddings.sets import resolve_set
+    from histstore.store import Store
+
+    copy = Store.open(shutil.copytree(two_slides.root, two_slides.root.parent / "copy"))
+    threaded = embed(two_slides, "resnet18", "two", **OPTS)
+    caller = embed(copy, "resnet18", "two", **{**OPTS, "workers": 1})
+    assert threaded.n_tiles == caller.n_tiles > 0 and threaded.embedding_set == caller.embedding_set
+    dirs = []
+    for st in (two_slides, copy):
+        with st.read() as conn:
+            dirs.append(resolve_set(conn, threaded.embedding_set).directory(st))
+    for slide in ("NORMAL-1", "FAINT-1"):
+        np.testing.assert_array_equal(read_array(dirs[0], slide), read_array(dirs[1], slide))
+    assert _stain_rows(two_slides, threaded.embedding_set) == _stain_rows(copy, caller.embedding_set)
