@@ -121,7 +121,16 @@ def test_resume_continues_the_same_run(tmp_path, full_run):
     assert load_checkpoint(path)["step"] == 5
 
 
-def test_sigint_finishes_the_step_then_saves(tmp_path):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test (an earlier test's library, e.g. Dask's
+    job-queue clusters, may have left another one installed), the previous one put back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_finishes_the_step_then_saves(tmp_path, default_sigint):
     path = tmp_path / "c.ckpt"
 
     # SIGINT arrives while the 2nd training batch is fetched: that step still runs
@@ -130,6 +139,7 @@ def test_sigint_finishes_the_step_then_saves(tmp_path):
         pretrain_loop(_model(), data, CFG, device="cpu", checkpoint_path=path, log_every=1)
     ck = load_checkpoint(path)
     assert ck["step"] == 2 and ck["extra"] == {"epoch": 0, "skip": 2}
+    # the loop puts back the handler it found
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
