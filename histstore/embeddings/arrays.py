@@ -30,12 +30,13 @@ from histstore.ids import from_path_component, path_component
 
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle. On real float16 encoder output (benchmarks/bench_bags.py, codec
-# rows and table in benchmarks/RESULTS.md) it stores a few per cent less than zstd level 3 and
-# decodes faster; byte shuffle + lz4 does not compress such embeddings at all, and random
-# data (the benchmark's cohort-read part) barely compresses with any codec. The layout is not
-# tuned on real cohorts yet. The codec is recorded in each array's metadata, so arrays written
-# with another codec still read.
+# Blosc lz4 with bit shuffle, 4,096-row chunks. Measured on encoder output laid out as slides
+# of 10,000-30,000 rows (benchmarks/bench_bags.py, layout table in benchmarks/RESULTS.md): it
+# stores 0.68 of the raw bytes (zstd level 3: 0.71) and decodes faster than zstd; one chunk
+# per slide, 2,048-row chunks, lz4 level 1 and no compression read at 0.8x to 1.6x its
+# speed (warm cache), all through zarr, whose own read path (even uncompressed, one chunk)
+# stays several times slower than np.load of raw files from the page cache. The codec is recorded in each
+# array's metadata, so arrays written with another codec still read.
 COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
