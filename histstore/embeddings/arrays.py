@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from histstore.embeddings import chunk_reader
 from histstore.faults import fault_point
 from histstore.fsops import remove_tree
 from histstore.ids import from_path_component, path_component
@@ -38,6 +39,14 @@ DEFAULT_CHUNK_ROWS = 4096
 # stays several times slower than np.load of raw files from the page cache. The codec is recorded in each
 # array's metadata, so arrays written with another codec still read.
 COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def chunk_rows_for(n_rows: int, max_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Rows per chunk of an array of n_rows: at most max_rows, the chunks as equal as they can
+    be. zarr stores the last chunk padded to a full chunk; this way the padding is under one
+    row per chunk (10,001 rows: 3 chunks of 3,334, not 4,096 + 4,096 + 1,809 padded to 4,096)."""
+    n_chunks = max(1, -(-int(n_rows) // max(1, int(max_rows))))
+    return max(1, -(-int(n_rows) // n_chunks))
 
 
 def slide_key(slide_id: str) -> str:
@@ -83,7 +92,7 @@ def checksum(data: np.ndarray) -> str:
     """blake2b of the array's bytes in row order (dtype and shape prefixed)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.dtype.str}{data.shape}".encode())
-    h.update(np.ascontiguousarray(data).tobytes())
+    h.update(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # no copy of the bytes
     return h.hexdigest()
 
 
@@ -109,7 +118,7 @@ class ArrayWriter:
         self._next = 0      # rows received
         self._written = 0   # rows written to zarr (a multiple of the chunk rows, or n_rows)
         self._held: list[np.ndarray] = []
-        self.chunk_rows = max(1, min(chunk_rows, self.n_rows))
+        self.chunk_rows = chunk_rows_for(self.n_rows, chunk_rows)
         self.array = zarr.create_array(
             store=zarr.storage.LocalStore(str(self.tmp)), shape=(self.n_rows, self.dim),
             chunks=(self.chunk_rows, self.dim), dtype=dtype,
@@ -204,7 +213,17 @@ def write_array(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str = "fl
 
 
 def read_array(set_dir: Path, slide_id: str) -> np.ndarray:
-    """The whole array at once (the fast way: one read per chunk)."""
+    """The whole array at once: straight from its chunk files where chunk_reader handles the
+    layout (every array histstore writes), else through zarr. Both give the same array."""
+    path = Path(set_dir) / slide_key(slide_id)
+    lay = chunk_reader.layout(path)
+    if lay is None:
+        return read_array_via_zarr(set_dir, slide_id)
+    return chunk_reader.read_whole(path, lay)
+
+
+def read_array_via_zarr(set_dir: Path, slide_id: str) -> np.ndarray:
+    """The whole array through zarr's own read path (any layout zarr reads)."""
     arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
                           mode="r")
     return arr[...]
@@ -220,9 +239,12 @@ def stored_info(set_dir: Path, slide_id: str) -> tuple[tuple[int, ...], str] | N
 
 
 def stored_checksum(set_dir: Path, slide_id: str, block_rows: int = DEFAULT_CHUNK_ROWS) -> str:
-    """The checksum of a stored array, read in row blocks (equals the writer's)."""
-    arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
-                          mode="r")
+    """The checksum of a stored array (equals the writer's): read whole by the direct reader
+    where it handles the layout, else through zarr in row blocks."""
+    path = Path(set_dir) / slide_key(slide_id)
+    if chunk_reader.layout(path) is not None:
+        return checksum(read_array(set_dir, slide_id))
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{np.dtype(arr.dtype).str}{tuple(arr.shape)}".encode())
     for start in range(0, arr.shape[0], block_rows):
