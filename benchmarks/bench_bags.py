@@ -15,7 +15,8 @@ tiles at 1 um/px, no pretraining; full: 30 slides, 128 px at 0.5 um/px, 120 step
    (`read_array_via_zarr`: how histstore read before), and lz4 bitshuffle with chunks decoded on
    2 threads. Warm (the page cache holds the files: median of interleaved repeats) and cold
    (every file dropped from the page cache with posix_fadvise before the read), against
-   `np.load` of the .npy files, warm and cold alike. Size on disk (every file, metadata
+   `np.load` of the .npy files, warm and cold alike; every reader drops each bag before the
+   next (as streamed training does). Size on disk (every file, metadata
    included) against the raw bytes.
 2. Codecs on the same real embeddings, one array of all the rows chunked as histstore chunks:
    size against the raw bytes, write speed, read speed through `read_array`, and decode speed
@@ -143,13 +144,22 @@ def _cohort_read(rows: np.ndarray, quick: bool, repeats: int) -> dict:
         index = BagIndex(slide_ids, [None] * n_slides, np.asarray(sizes, dtype=np.int64), dim, "float16",
                          "", "bench")
 
+        # every reader drops each bag before reading the next (as streamed training does): a
+        # reader that kept them would pay fresh page faults that the others' reused memory skips
         def reader(d, how):
             if how == "histstore":  # what training's bag sources call per bag: shape-checked read_array
-                return lambda: [index.read(d, i) for i in range(n_slides)]
-            if how == "zarr":
-                return lambda: [arrays.read_array_via_zarr(d, sid) for sid in slide_ids]
-            paths = [d / arrays.slide_key(sid) for sid in slide_ids]
-            return lambda: [chunk_reader.read_whole(p, chunk_reader.layout(p), threads=2) for p in paths]
+                one = lambda i: index.read(d, i)  # noqa: E731
+            elif how == "zarr":
+                one = lambda i: arrays.read_array_via_zarr(d, slide_ids[i])  # noqa: E731
+            else:
+                def one(i):
+                    p = d / arrays.slide_key(slide_ids[i])
+                    chunk_reader.read_whole(p, chunk_reader.layout(p), threads=2)
+
+            def read():
+                for i in range(n_slides):
+                    one(i)
+            return read
 
         def npy_read():
             for sid in slide_ids:
@@ -258,15 +268,9 @@ def _codec_table(data: np.ndarray, root: Path, repeats: int) -> list[dict]:
             encoded = [nc.encode(c) for c in chunks]
             decoders[name] = lambda nc=nc, encoded=encoded: [nc.decode(e) for e in encoded]
 
-    def reader(d):
-        def read():
-            got = arrays.read_array(d.parent, d.name)
-            assert np.array_equal(got, data)
-        return read
-
-    fns = {name: reader(d) for name, d in dirs.items()}
+    fns = {name: (lambda d=d: arrays.read_array(d.parent, d.name)) for name, d in dirs.items()}
     for fn in fns.values():
-        fn()  # warm-up: page cache, imports
+        assert np.array_equal(fn(), data)  # and a warm-up: page cache, imports
     times = interleaved(fns, repeats)
     for fn in decoders.values():
         fn()

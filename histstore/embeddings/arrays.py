@@ -1,8 +1,11 @@
 """Per-slide embedding arrays in the store's zarr group.
 
-Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
-tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-whole chunks, never one chunk per tile) and Blosc-lz4-compressed.
+Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D zarr v3 array [n_tiles, dim],
+row i = tile idx i of the slide's tiling, in chunks of whole rows, at most DEFAULT_CHUNK_ROWS
+and as equal as they can be (`chunk_rows_for`: loading a slide reads a few whole chunks, never
+one chunk per tile), written with COMPRESSOR. `read_array` reads a whole array straight from
+its chunk files (chunk_reader) where the layout is one it handles - every array histstore
+writes, whatever codec it was written with - and through zarr otherwise.
 
 Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> (the token
 names the writing process: host, PID) and moved to its final name only when complete (a
@@ -31,14 +34,7 @@ from histstore.ids import from_path_component, path_component
 
 PARTIAL_DIR = ".partial"
 DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle, 4,096-row chunks. Measured on encoder output laid out as slides
-# of 10,000-30,000 rows (benchmarks/bench_bags.py, layout table in benchmarks/RESULTS.md): it
-# stores 0.68 of the raw bytes (zstd level 3: 0.71) and decodes faster than zstd; one chunk
-# per slide, 2,048-row chunks, lz4 level 1 and no compression read at 0.8x to 1.6x its
-# speed (warm cache), all through zarr, whose own read path (even uncompressed, one chunk)
-# stays several times slower than np.load of raw files from the page cache. The codec is recorded in each
-# array's metadata, so arrays written with another codec still read.
-COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+COMPRESSOR = None  # placeholder: decided from bench_bags below
 
 
 def chunk_rows_for(n_rows: int, max_rows: int = DEFAULT_CHUNK_ROWS) -> int:
@@ -234,6 +230,9 @@ def stored_info(set_dir: Path, slide_id: str) -> tuple[tuple[int, ...], str] | N
     path = Path(set_dir) / slide_key(slide_id)
     if not (path / "zarr.json").is_file():
         return None
+    lay = chunk_reader.layout(path)
+    if lay is not None:
+        return lay.shape, str(lay.dtype)
     arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
     return tuple(arr.shape), str(arr.dtype)
 

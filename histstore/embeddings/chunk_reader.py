@@ -143,8 +143,10 @@ def _fill_value(value, dtype: np.dtype):
 
 
 def read_whole(path: Path, lay: Layout, threads: int = 1) -> np.ndarray:
-    """The whole array [n_rows, n_cols] in native byte order. `threads` > 1 decodes chunks on a
-    shared thread pool (numcodecs releases the GIL while decoding)."""
+    """The whole array [n_rows, n_cols] in native byte order. `threads` > 1 reads and decodes
+    chunks on a shared thread pool (numcodecs releases the GIL while decoding); read_array does
+    not: on 2 cores it did not pay (benchmarks/bench_bags.py, "2 decode threads" row), and
+    training's bag sources already read bags on threads."""
     root = Path(path)
     out = np.empty(lay.shape, dtype=lay.dtype)
     n = lay.n_chunks
@@ -184,14 +186,13 @@ def _read_raw(f, path: Path, lay: Layout, rows: np.ndarray) -> None:
     """An uncompressed chunk: its leading bytes are the rows (the padding follows them)."""
     size = os.fstat(f.fileno()).st_size
     if size != lay.chunk_nbytes:
-        raise CorruptArray(f"chunk {path} holds {size} bytes, expected {lay.chunk_nbytes} "
-                           "(uncompressed chunk)")
+        raise _corrupt(path, f"holds {size} bytes, an uncompressed chunk is {lay.chunk_nbytes}")
     view = memoryview(rows.reshape(-1).view(np.uint8))
     got = 0
     while got < len(view):
         k = f.readinto(view[got:])
         if not k:
-            raise CorruptArray(f"chunk {path} ended after {got} of {len(view)} bytes")
+            raise _corrupt(path, f"ended after {got} of {len(view)} bytes")
         got += k
 
 
@@ -203,11 +204,11 @@ def _decode(data: bytes, path: Path, lay: Layout, target: np.ndarray) -> None:
     try:
         if lay.compressor == "blosc":
             if len(data) < _BLOSC_HEADER.size:
-                raise CorruptArray(f"chunk {path} is {len(data)} bytes: shorter than a blosc header")
+                raise _corrupt(path, f"is {len(data)} bytes: shorter than a blosc header")
             nbytes, cbytes = (_BLOSC_HEADER.unpack_from(data)[k] for k in (4, 6))
             if nbytes != want or cbytes != len(data):
-                raise CorruptArray(f"chunk {path}: its blosc header says {nbytes} bytes compressed to "
-                                   f"{cbytes}; the file holds {len(data)} and a chunk is {want}")
+                raise _corrupt(path, f"its blosc header says {nbytes} bytes compressed to {cbytes}; the "
+                                     f"file holds {len(data)} and a chunk is {want}")
             numcodecs.blosc.decompress(data, target)
             return
         codec = numcodecs.Zstd() if lay.compressor == "zstd" else numcodecs.GZip()
@@ -216,11 +217,16 @@ def _decode(data: bytes, path: Path, lay: Layout, target: np.ndarray) -> None:
     except CorruptArray:
         raise
     except Exception as exc:  # the codec's own error on damaged data
-        raise CorruptArray(f"chunk {path} does not decode ({lay.compressor}): {exc}") from exc
+        raise _corrupt(path, f"does not decode ({lay.compressor}): {exc}") from exc
     got = memoryview(got).cast("B")
     if len(got) != want:
-        raise CorruptArray(f"chunk {path} decodes to {len(got)} bytes, a chunk is {want}")
+        raise _corrupt(path, f"decodes to {len(got)} bytes, a chunk is {want}")
     target.reshape(-1).view(np.uint8)[...] = np.frombuffer(got, np.uint8)
+
+
+def _corrupt(path: Path, what: str) -> CorruptArray:
+    return CorruptArray(f"damaged embedding array: chunk {path} {what}",
+                        hint="`histstore verify` lists damaged arrays; embed or import the slide again")
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, pool)
