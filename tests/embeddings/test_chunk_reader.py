@@ -167,8 +167,10 @@ def test_writer_chunks_waste_fewer_rows_than_chunks(tmp_path):
         n_chunks = -(-n // rows)
         assert 1 <= rows <= 4096 and n_chunks == -(-n // 4096)
         assert n_chunks * rows - n < max(1, n_chunks)
-    arrays.write_array(tmp_path, "s", _data(10_001, dim=4))
+    arrays.write_array(tmp_path, "s", _data(10_001, dim=4), chunk_rows=4096)
     assert chunk_reader.layout(tmp_path / "s").chunk_rows == 3334
+    arrays.write_array(tmp_path, "t", _data(10_001, dim=4))  # the default: one chunk
+    assert chunk_reader.layout(tmp_path / "t").chunk_rows == 10_001
 
 
 @pytest.mark.parametrize("codec", ["default", None, "zstd"])
