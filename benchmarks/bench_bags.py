@@ -13,11 +13,11 @@ tiles at 1 um/px, no pretraining; full: 30 slides, 128 px at 0.5 um/px, 120 step
    histstore's direct chunk reader) per slide, as training's bag sources read; histstore's
    layout and the layout before the direct reader (blosc lz4 bitshuffle, 4,096-row chunks) also
    through zarr's own read path (`read_array_via_zarr`: how histstore read before), and the
-   latter with its chunks decoded on 2 threads. Warm (the page cache holds the files: median of interleaved repeats) and cold
-   (every file dropped from the page cache with posix_fadvise before the read), against
-   `np.load` of the .npy files, warm and cold alike; every reader drops each bag before the
-   next (as streamed training does). Size on disk (every file, metadata
-   included) against the raw bytes.
+   latter with its chunks decoded on 2 threads. Warm (the page cache holds the files: median
+   of interleaved repeats) and cold (every file dropped from the page cache with posix_fadvise
+   before the read), against `np.load` of the .npy files, warm and cold alike; every reader
+   drops each bag before the next (as streamed training does). Size on disk (every file,
+   metadata included) against the raw bytes.
 2. Codecs on the same real embeddings, one array of all the rows chunked as histstore chunks:
    size against the raw bytes, write speed, read speed through `read_array`, and decode speed
    of the codec alone in memory.
@@ -347,8 +347,9 @@ def details(results: list[dict]) -> list[str]:
     out = [f"Cohort read by layout ({r['n_slides']} slides, {r['n_tiles']:,} x {r['dim']} f16, "
            f"{gb:.2f} GB raw; warm: median of {r['repeats']} interleaved reads; cold: every file dropped "
            "from the page cache first; one read per slide, as training reads; histstore writes "
-           f"{r['histstore_codec']} in chunks of at most {r['histstore_chunk_rows']:,} rows; reader: read_array = histstore's direct chunk reader, zarr = zarr's "
-           "read path, as histstore read before):", "",
+           f"{r['histstore_codec']} in chunks of at most {r['histstore_chunk_rows']:,} rows; reader: "
+           "read_array = histstore's direct chunk reader, zarr = zarr's read path, as histstore read "
+           "before):", "",
            "| layout | reader | size / raw | warm s | warm GB/s | cold s | cold GB/s | npy warm time / this |",
            "|---|---|---|---|---|---|---|---|"]
     npy_warm = r["layouts"]["npy"]["warm_s"]

@@ -114,7 +114,8 @@ def _is_int(x) -> bool:
 
 def _codecs(codecs, dtype: np.dtype) -> tuple[bool, str | None] | None:
     """(stored in the other byte order?, compressor) for [bytes] or [bytes, compressor]."""
-    if not isinstance(codecs, list) or not 1 <= len(codecs) <= 2 or not all(isinstance(c, dict) for c in codecs):
+    if (not isinstance(codecs, list) or not 1 <= len(codecs) <= 2
+            or not all(isinstance(c, dict) for c in codecs)):
         return None
     first = codecs[0]
     if first.get("name") != "bytes":
