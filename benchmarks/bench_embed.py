@@ -156,7 +156,7 @@ def _writer_blocks(n_rows: int = 10_000, dim: int = 512) -> dict:
         def straight():
             shutil.rmtree(Path(tmp) / "z", ignore_errors=True)
             z = zarr.create_array(store=zarr.storage.LocalStore(str(Path(tmp) / "z")), shape=data.shape,
-                                  chunks=(arrays.DEFAULT_CHUNK_ROWS, dim), dtype="float16",
+                                  chunks=(arrays.chunk_rows_for(n_rows), dim), dtype="float16",
                                   compressors=arrays.COMPRESSOR, fill_value=0, zarr_format=3)
             for i in range(0, n_rows, BATCH):
                 z[i:i + BATCH] = data[i:i + BATCH]

@@ -51,6 +51,10 @@ class SlideReadError(HiststoreError):
     """A slide file is missing, corrupt, unsupported, or lacks needed metadata (mpp)."""
 
 
+class CorruptArray(HiststoreError):
+    """A stored array's chunk does not hold what its metadata promises (size, codec header)."""
+
+
 class StoreNotFound(HiststoreError):
     pass
 

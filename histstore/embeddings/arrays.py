@@ -1,8 +1,11 @@
 """Per-slide embedding arrays in the store's zarr group.
 
-Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D array [n_tiles, dim], row i =
-tile idx i of the slide's tiling, chunked by thousands of rows (loading a slide reads a few
-whole chunks, never one chunk per tile) and Blosc-lz4-compressed.
+Layout: <store>/embeddings.zarr/<set dir>/<slide key> is a 2-D zarr v3 array [n_tiles, dim],
+row i = tile idx i of the slide's tiling, in chunks of whole rows, at most DEFAULT_CHUNK_ROWS
+and as equal as they can be (`chunk_rows_for`: loading a slide reads one or a few whole
+chunks, never one chunk per tile), written with COMPRESSOR. `read_array` reads a whole array straight from
+its chunk files (chunk_reader) where the layout is one it handles - every array histstore
+writes, whatever codec it was written with - and through zarr otherwise.
 
 Crash safety: an array is written under <set dir>/.partial/<slide key>.<token> (the token
 names the writing process: host, PID) and moved to its final name only when complete (a
@@ -24,20 +27,36 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from histstore.embeddings import chunk_reader
 from histstore.faults import fault_point
 from histstore.fsops import remove_tree
 from histstore.ids import from_path_component, path_component
 
 PARTIAL_DIR = ".partial"
-DEFAULT_CHUNK_ROWS = 4096
-# Blosc lz4 with bit shuffle, 4,096-row chunks. Measured on encoder output laid out as slides
-# of 10,000-30,000 rows (benchmarks/bench_bags.py, layout table in benchmarks/RESULTS.md): it
-# stores 0.68 of the raw bytes (zstd level 3: 0.71) and decodes faster than zstd; one chunk
-# per slide, 2,048-row chunks, lz4 level 1 and no compression read at 0.8x to 1.6x its
-# speed (warm cache), all through zarr, whose own read path (even uncompressed, one chunk)
-# stays several times slower than np.load of raw files from the page cache. The codec is recorded in each
-# array's metadata, so arrays written with another codec still read.
-COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+# At most 32,768 rows a chunk: a slide of up to 32,768 tiles is one chunk file (a TCGA slide
+# at 128 px, 0.5 um/px has 10,000-30,000). Fewer, larger chunk files read faster from a cold page cache
+# (`python -m benchmarks.bench_bags --quick`: uncompressed in 4,096-row chunks read the cohort
+# cold in 0.231 s, histstore's layout, the same bytes in one chunk per slide, in 0.186 s); the
+# cost is the writer's memory: it holds up to one chunk (64 MB of 1,024 float16 features).
+DEFAULT_CHUNK_ROWS = 32_768
+# New arrays are written uncompressed; older arrays keep their codec in their zarr.json and
+# still read. Chosen from `python -m benchmarks.bench_bags --quick` (layout table: encoder output
+# laid out as 8 slides of 10,000-30,000 rows, read by histstore's direct reader): uncompressed
+# read the cohort warm at 0.78 of np.load's speed on raw .npy files (goal >= 0.5) and cold at
+# 0.56, in 1.000 of the raw bytes; Blosc lz4 + bitshuffle (the codec before) stores 0.675 of
+# them but read warm at 0.13 and cold in 0.279 s against 0.186 s: decoding it (2.21 GB/s in
+# memory) is slower than reading the bytes, warm or cold; Blosc zstd-3 + bitshuffle stores
+# 0.662 and read warm at 0.07.
+COMPRESSOR = None
+
+
+def chunk_rows_for(n_rows: int, max_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Rows per chunk of an array of n_rows: at most max_rows, the chunks as equal as they can
+    be. zarr stores the last chunk padded to a full chunk; this way the padding is under one
+    row per chunk (at most 4,096 rows: 10,001 rows are 3 chunks of 3,334, not 4,096 + 4,096 +
+    1,809 padded to 4,096)."""
+    n_chunks = max(1, -(-int(n_rows) // max(1, int(max_rows))))
+    return max(1, -(-int(n_rows) // n_chunks))
 
 
 def slide_key(slide_id: str) -> str:
@@ -83,7 +102,7 @@ def checksum(data: np.ndarray) -> str:
     """blake2b of the array's bytes in row order (dtype and shape prefixed)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.dtype.str}{data.shape}".encode())
-    h.update(np.ascontiguousarray(data).tobytes())
+    h.update(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # no copy of the bytes
     return h.hexdigest()
 
 
@@ -92,7 +111,7 @@ class ArrayWriter:
     place and returns its checksum. Use as a context manager: an exception discards it.
 
     Blocks are held until they fill a whole chunk, which is then written once: writing each
-    small block straight into zarr re-reads and re-compresses its chunk every time
+    small block straight into zarr re-reads and rewrites its chunk every time
     (benchmarks/bench_embed.py times both on a 10,000-row slide in 64-row blocks).
     """
 
@@ -109,7 +128,7 @@ class ArrayWriter:
         self._next = 0      # rows received
         self._written = 0   # rows written to zarr (a multiple of the chunk rows, or n_rows)
         self._held: list[np.ndarray] = []
-        self.chunk_rows = max(1, min(chunk_rows, self.n_rows))
+        self.chunk_rows = chunk_rows_for(self.n_rows, chunk_rows)
         self.array = zarr.create_array(
             store=zarr.storage.LocalStore(str(self.tmp)), shape=(self.n_rows, self.dim),
             chunks=(self.chunk_rows, self.dim), dtype=dtype,
@@ -204,7 +223,17 @@ def write_array(set_dir: Path, slide_id: str, data: np.ndarray, dtype: str = "fl
 
 
 def read_array(set_dir: Path, slide_id: str) -> np.ndarray:
-    """The whole array at once (the fast way: one read per chunk)."""
+    """The whole array at once: straight from its chunk files where chunk_reader handles the
+    layout (every array histstore writes), else through zarr. Both give the same array."""
+    path = Path(set_dir) / slide_key(slide_id)
+    lay = chunk_reader.layout(path)
+    if lay is None:
+        return read_array_via_zarr(set_dir, slide_id)
+    return chunk_reader.read_whole(path, lay)
+
+
+def read_array_via_zarr(set_dir: Path, slide_id: str) -> np.ndarray:
+    """The whole array through zarr's own read path (any layout zarr reads)."""
     arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
                           mode="r")
     return arr[...]
@@ -215,14 +244,20 @@ def stored_info(set_dir: Path, slide_id: str) -> tuple[tuple[int, ...], str] | N
     path = Path(set_dir) / slide_key(slide_id)
     if not (path / "zarr.json").is_file():
         return None
+    lay = chunk_reader.layout(path)
+    if lay is not None:
+        return lay.shape, str(lay.dtype)
     arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
     return tuple(arr.shape), str(arr.dtype)
 
 
 def stored_checksum(set_dir: Path, slide_id: str, block_rows: int = DEFAULT_CHUNK_ROWS) -> str:
-    """The checksum of a stored array, read in row blocks (equals the writer's)."""
-    arr = zarr.open_array(store=zarr.storage.LocalStore(str(Path(set_dir) / slide_key(slide_id))),
-                          mode="r")
+    """The checksum of a stored array (equals the writer's): read whole by the direct reader
+    where it handles the layout, else through zarr in row blocks."""
+    path = Path(set_dir) / slide_key(slide_id)
+    if chunk_reader.layout(path) is not None:
+        return checksum(read_array(set_dir, slide_id))
+    arr = zarr.open_array(store=zarr.storage.LocalStore(str(path)), mode="r")
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{np.dtype(arr.dtype).str}{tuple(arr.shape)}".encode())
     for start in range(0, arr.shape[0], block_rows):
