@@ -118,9 +118,25 @@ class TileDataset(torch.utils.data.Dataset):
         return tile, int(i)
 
     def read_into(self, out: np.ndarray, start: int) -> None:
-        """Tiles start, start+1, ... into out [n, tile, tile, 3] (no per-batch stacking)."""
-        for k in range(out.shape[0]):
-            out[k] = self[start + k][0]
+        """Tiles start, start+1, ... into out [n, tile, tile, 3] (no per-batch stacking), the
+        same pixels as item by item; side-by-side tiles of a slide are read as one region
+        (histstore.wsi.process.read_tiles_into)."""
+        from histstore.wsi.process import read_tiles_into
+
+        pos, end = int(start), int(start) + out.shape[0]
+        while pos < end:
+            s, j = self.locate(pos)
+            sl = self.slides[s]
+            take = min(end - pos, len(sl) - j)
+            try:
+                read_tiles_into(self._reader(sl.path), sl.x[j:j + take], sl.y[j:j + take], sl.read_spec,
+                                out[pos - start:pos - start + take])
+            except SlideReadError:
+                raise
+            except Exception as exc:
+                raise SlideReadError(f"cannot read tiles {j}-{j + take - 1} of {sl.slide_id} from {sl.path}: "
+                                     f"{exc}") from None
+            pos += take
 
     def close(self) -> None:
         while self._readers:
@@ -245,8 +261,16 @@ class ThreadedTileBatches:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             except (AttributeError, OSError):
                 pass
+        cv2_threads = None
         if self.transform is not None:
             torch.set_num_threads(1)  # this thread's OpenMP team only
+            try:  # OpenCV's pool (table lookups, resizing) is process-wide: one thread while reading
+                import cv2
+
+                cv2_threads = cv2.getNumThreads()
+                cv2.setNumThreads(1)
+            except ImportError:  # pragma: no cover - a dependency
+                pass
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -274,6 +298,10 @@ class ThreadedTileBatches:
             put(exc)
         finally:
             self.dataset.close()
+            if cv2_threads is not None:
+                import cv2
+
+                cv2.setNumThreads(cv2_threads)
 
     def __iter__(self):
         import queue

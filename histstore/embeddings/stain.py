@@ -252,11 +252,17 @@ _OD_TABLES: dict = {}
 
 def _optical_density(pixels: torch.Tensor, Io: float) -> torch.Tensor:
     """-ln((I + 1) / Io) of uint8 pixels, looked up in a table of the same float32 expression
-    (bit-identical to computing it per pixel, a fraction of the work)."""
+    (bit-identical to computing it per pixel, a fraction of the work; on a CPU with OpenCV's
+    LUT, a few times faster than a torch gather)."""
     key = (float(Io), pixels.device)
     table = _OD_TABLES.get(key)
     if table is None:
         table = _OD_TABLES[key] = -torch.log((torch.arange(256, dtype=torch.float32, device=pixels.device) + 1.0) / Io)
+    if pixels.device.type == "cpu" and pixels.numel() > 0:
+        import cv2
+
+        px = np.ascontiguousarray(pixels.numpy()).reshape(-1, pixels.shape[-1])
+        return torch.from_numpy(cv2.LUT(px, table.numpy())).view(pixels.shape)
     return table.index_select(0, pixels.reshape(-1).int()).view(pixels.shape)
 
 

@@ -179,7 +179,10 @@ def preprocess(
 
     The result is a permuted view of the NHWC data, i.e. already in channels_last memory
     format, which is what a channels_last model wants (no copy). The uint8 batch is moved to
-    `device` before conversion (4x less to transfer than float).
+    `device` before conversion (4x less to transfer than float). On a CPU (float32) each
+    value is looked up in a 256-entry table per channel made by the same float operations
+    (`_preprocess_ops`), one pass instead of four and bit-identical
+    (tests/encoders/test_backbones.py).
     """
     if hasattr(tiles, "__array__") and not isinstance(tiles, torch.Tensor):
         tiles = torch.from_numpy(tiles)
@@ -187,8 +190,30 @@ def preprocess(
         raise InvalidInput(f"expected uint8 tiles [B, H, W, 3], got {tuple(tiles.shape)} {tiles.dtype}")
     if device is not None:
         tiles = tiles.to(device, non_blocking=True)
+    if tiles.device.type == "cpu" and dtype == torch.float32 and tiles.numel() > 0:
+        return _preprocess_table(tiles)
+    return _preprocess_ops(tiles, dtype)
+
+
+def _preprocess_ops(tiles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     x = tiles.permute(0, 3, 1, 2).to(dtype)  # preserve_format keeps the NHWC strides
     return normalize(x.div_(255.0))
+
+
+_TABLE = None  # [256, 1, 3] float32: value v of channel c -> _preprocess_ops' result
+
+
+def _preprocess_table(tiles: torch.Tensor) -> torch.Tensor:
+    import cv2
+    import numpy as np
+
+    global _TABLE
+    if _TABLE is None:
+        every = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 1, 256, 3).contiguous()
+        _TABLE = np.ascontiguousarray(_preprocess_ops(every, torch.float32)[0, :, 0, :].T.numpy().reshape(256, 1, 3))
+    b, h, w, _ = tiles.shape
+    px = np.ascontiguousarray(tiles.numpy()).reshape(b * h, w, 3)
+    return torch.from_numpy(cv2.LUT(px, _TABLE)).view(b, h, w, 3).permute(0, 3, 1, 2)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

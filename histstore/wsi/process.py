@@ -6,7 +6,7 @@ inputs and its `SlideResult` pickle, it writes nothing, and it raises only Slide
 
 `read_tile` / `read_tiles` turn a tile's level-0 (x, y) and the grid's tile spec back into
 pixels: read `read_size` px at `read_level`, resample to `tile_size` (area interpolation when
-shrinking).
+shrinking). `read_tiles_into` reads runs of side-by-side tiles as one region (same pixels).
 """
 from __future__ import annotations
 
@@ -162,12 +162,78 @@ def read_tile(reader, x: int, y: int, grid_spec: TileGrid | dict[str, Any]) -> n
 
 
 def read_tiles(reader, x, y, grid_spec: TileGrid | dict[str, Any]) -> np.ndarray:
-    """Many tiles at once: uint8 (n, tile_size, tile_size, 3)."""
+    """Many tiles at once: uint8 (n, tile_size, tile_size, 3) (see `read_tiles_into`)."""
     s = _spec_dict(grid_spec)
     x = np.asarray(x).reshape(-1)
-    y = np.asarray(y).reshape(-1)
     t = int(s["tile_size"])
     out = np.empty((x.size, t, t, 3), np.uint8)
-    for i, (xi, yi) in enumerate(zip(x.tolist(), y.tolist())):
-        out[i] = read_tile(reader, xi, yi, s)
+    read_tiles_into(reader, x, y, s, out)
     return out
+
+
+# Longest run of tiles read as one region: bounds the region's memory (a 128 px run of 32
+# tiles is 2 MB as RGBA).
+MAX_RUN_TILES = 32
+
+
+def tile_runs(x, y, step: int | None, max_run: int = MAX_RUN_TILES) -> list[tuple[int, int]]:
+    """[start, end) index ranges of consecutive tiles that sit side by side in one row
+    (same y, each x `step` level-0 px right of the previous), at most max_run long; step None:
+    every tile on its own."""
+    x = np.asarray(x, np.int64).reshape(-1)
+    y = np.asarray(y, np.int64).reshape(-1)
+    n = x.size
+    if n == 0:
+        return []
+    if step is None:
+        return [(i, i + 1) for i in range(n)]
+    # a run breaks where the next tile is not the right-hand neighbour
+    breaks = np.flatnonzero((np.diff(x) != step) | (np.diff(y) != 0)) + 1
+    out = []
+    for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, n].tolist()):
+        out.extend((i, min(i + max_run, b)) for i in range(a, b, max_run))
+    return out
+
+
+def run_step(reader, grid_spec: TileGrid | dict[str, Any]) -> int | None:
+    """Level-0 distance between side-by-side tiles whose pixels one wide read gives exactly
+    (sliced every read_size px), or None when only per-tile reads are exact.
+
+    OpenSlide reads a box at level L from level-0 (x, y) / downsample: only when that is a
+    whole pixel for every tile (level 0, or an integer downsample dividing the coordinates,
+    checked per run) do a wide box and the tiles' own boxes land on the same pixel grid."""
+    s = _spec_dict(grid_spec)
+    level, size = int(s["read_level"]), int(s["read_size"])
+    ds = float(reader.level_downsamples[level])
+    if not ds.is_integer():
+        return None
+    return size * int(ds)
+
+
+def read_tiles_into(reader, x, y, grid_spec: TileGrid | dict[str, Any], out: np.ndarray) -> None:
+    """Tiles (x[i], y[i]) into out[i] (uint8 [n, tile_size, tile_size, 3]), pixel for pixel what
+    `read_tile` gives each: horizontally adjacent tiles (a tiling is a grid) are read as one
+    region and sliced, which saves OpenSlide's per-call cost (tests/wsi/test_process.py)."""
+    import cv2
+
+    s = _spec_dict(grid_spec)
+    x = np.asarray(x, np.int64).reshape(-1)
+    y = np.asarray(y, np.int64).reshape(-1)
+    level, size, t = int(s["read_level"]), int(s["read_size"]), int(s["tile_size"])
+    if out.shape != (x.size, t, t, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {(x.size, t, t, 3)}, got {out.dtype} {out.shape}")
+    step = run_step(reader, s)
+    ds = int(step // size) if step is not None else 1
+    interp = cv2.INTER_AREA if size > t else cv2.INTER_LINEAR
+    for a, b in tile_runs(x, y, step):
+        if b - a == 1 or int(x[a]) % ds or int(y[a]) % ds:
+            for i in range(a, b):
+                out[i] = read_tile(reader, int(x[i]), int(y[i]), s)
+            continue
+        region = reader.read_region(int(x[a]), int(y[a]), level, size * (b - a), size)
+        for k in range(b - a):
+            part = region[:, k * size:(k + 1) * size]
+            if size == t:
+                out[a + k] = part
+            else:
+                out[a + k] = cv2.resize(part, (t, t), interpolation=interp)

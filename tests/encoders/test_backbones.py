@@ -100,6 +100,23 @@ def test_preprocess_normalises_and_is_channels_last():
         preprocess(torch.zeros(2, 3, 8, 8))
 
 
+def test_preprocess_table_is_bit_identical_to_the_float_operations():
+    """The CPU table lookup gives exactly what uint8 -> float, / 255, - mean, / std give,
+    for every value in every channel and on a strided (non-contiguous) batch."""
+    every = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1).expand(2, 16, 16, 3).clone()
+    every[1] = every[1].flip(-1)  # each channel sees every value at other positions
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.integers(0, 256, (5, 12, 20, 3), dtype=np.uint8))[:, :, ::2]
+    for tiles in (every, batch):
+        x = preprocess(tiles)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        ref = (tiles.permute(0, 3, 1, 2).to(torch.float32).div_(255.0) - mean) / std
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x, ref)
+        assert torch.equal(x.view(torch.int32), ref.view(torch.int32))  # bits, not just ==
+
+
 def test_projection_head_is_unit_norm():
     head = ProjectionHead(16, 16, 8)
     z = head(torch.randn(5, 16))

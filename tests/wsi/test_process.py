@@ -13,7 +13,7 @@ from histstore.wsi.process import process_slide, read_tile
 from histstore.wsi.reader import open_slide
 from histstore.wsi.tiling import TilingSpec
 
-from .conftest import gradient_pattern, write_pyramid
+from .conftest import coordinate_pattern, gradient_pattern, write_pyramid
 
 
 def test_real_slide(real_slide):
@@ -128,3 +128,95 @@ def test_other_tilings_of_the_same_slide(synth6):
     assert c.grid.stride_l0 == 64 and 3 * a.n_tiles < c.n_tiles < 5 * a.n_tiles
     d = process_slide(path, TilingSpec(target_mpp=2.0, tile_size=64))
     assert (d.grid.read_level, d.grid.read_size, d.grid.size_l0) == (1, 64, 256)
+
+
+# -- tiles read in runs ------------------------------------------------------------------------
+class _Counting:
+    """A SlideReader that counts its read_region calls."""
+
+    def __init__(self, reader):
+        self.reader, self.calls = reader, 0
+        self.level_downsamples = reader.level_downsamples
+
+    def read_region(self, *args):
+        self.calls += 1
+        return self.reader.read_region(*args)
+
+
+def _per_tile(reader, x, y, spec):
+    return np.stack([read_tile(reader, int(a), int(b), spec) for a, b in zip(x, y)])
+
+
+@pytest.mark.parametrize("target, tile, overlap, level", [
+    (0.5, 64, 0, 0),    # level 0, read as is
+    (1.0, 40, 0, 0),    # level 0 shrunk 80 -> 40 px
+    (2.0, 32, 0, 1),    # level 1 (downsample 4), read as is
+    (4.0, 32, 0, 1),    # level 1 shrunk 64 -> 32 px
+    (0.5, 64, 16, 0),   # overlapping tiles: never side by side, read one by one
+])
+def test_runs_of_tiles_read_the_same_pixels_as_tile_by_tile(tmp_path, target, tile, overlap, level):
+    """Side-by-side tiles read as one region give exactly each tile's own read, with gaps in
+    the rows (tiles dropped), rows that end at the slide's edge, and runs cut at max_run."""
+    from histstore.wsi.process import read_tiles_into, run_step, tile_runs
+    from histstore.wsi.tiling import plan_tiles
+
+    img = coordinate_pattern(1024, 768)
+    img[::7, ::5] = (255, 0, 255)  # detail that a shifted or resampled read would change
+    path = write_pyramid(tmp_path / "grid.tiff", img, mpp=0.5, downsamples=(1, 4))
+    with open_slide(path) as r:
+        g = plan_tiles(r, None, TilingSpec(target_mpp=target, tile_size=tile, overlap=overlap))
+        assert g.read_level == level
+        keep = np.ones(len(g), bool)
+        keep[np.random.default_rng(0).choice(len(g), len(g) // 5, replace=False)] = False  # gaps
+        x, y = g.x[keep], g.y[keep]
+        out = np.empty((x.size, tile, tile, 3), np.uint8)
+        counting = _Counting(r)
+        read_tiles_into(counting, x, y, g.spec, out)
+        np.testing.assert_array_equal(out, _per_tile(r, x, y, g.spec))
+        runs = tile_runs(x, y, run_step(r, g.spec), max_run=2)
+        if overlap:
+            assert counting.calls == x.size  # no two tiles side by side
+        else:
+            whole = tile_runs(x, y, run_step(r, g.spec))
+            assert counting.calls == len(whole) < x.size * 0.7 and len(runs) > len(whole)
+            assert any(b - a > 1 and x[b - 1] == g.x.max() for a, b in runs)  # a run ends a row
+        out4 = np.empty_like(out)
+        for a, b in runs:  # shorter runs, the same pixels
+            read_tiles_into(r, x[a:b], y[a:b], g.spec, out4[a:b])
+        np.testing.assert_array_equal(out4, out)
+
+
+def test_runs_past_the_slide_edge_and_off_the_level_grid(tmp_path):
+    """A run that reaches past the slide's edge reads white there, as a lone tile does; tiles
+    whose level coordinates are not whole pixels, or a pyramid whose downsample is not a
+    whole number, are read one by one."""
+    from histstore.wsi.process import read_tiles_into, run_step
+
+    img = coordinate_pattern(1000, 600)
+    path = write_pyramid(tmp_path / "edge.tiff", img, mpp=0.5, downsamples=(1, 4))
+    with open_slide(path) as r:
+        spec0 = {"read_level": 0, "read_size": 64, "tile_size": 64}
+        x = np.array([900, 964, 900, 964, 300])  # the second and fourth reach past x = 1000
+        y = np.array([0, 0, 560, 560, 10])       # the last row runs past y = 600
+        counting = _Counting(r)
+        out = np.empty((5, 64, 64, 3), np.uint8)
+        read_tiles_into(counting, x, y, spec0, out)
+        assert counting.calls == 3
+        np.testing.assert_array_equal(out, _per_tile(r, x, y, spec0))
+        assert (out[1, :, 36:] == 255).all() and (out[3, 40:] == 255).all() and (out[2, 40:] == 255).all()
+        assert not (out[0] == 255).all(axis=-1).any()
+
+        spec1 = {"read_level": 1, "read_size": 16, "tile_size": 16}
+        x1 = np.array([2, 66, 130, 0, 64, 128])  # 2 / 4 is no whole level-1 pixel
+        y1 = np.array([0, 0, 0, 8, 8, 8])
+        counting = _Counting(r)
+        out1 = np.empty((6, 16, 16, 3), np.uint8)
+        read_tiles_into(counting, x1, y1, spec1, out1)
+        assert counting.calls == 4
+        np.testing.assert_array_equal(out1, _per_tile(r, x1, y1, spec1))
+
+    odd = write_pyramid(tmp_path / "odd.tiff", img, mpp=0.5, downsamples=(1, 3))
+    with open_slide(odd) as r:
+        assert not float(r.level_downsamples[1]).is_integer()
+        assert run_step(r, {"read_level": 1, "read_size": 16, "tile_size": 16}) is None
+        assert run_step(r, spec0) == 64
