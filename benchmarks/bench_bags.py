@@ -305,8 +305,6 @@ def run(quick: bool = False) -> list[dict]:
 
 def rows(results: list[dict]) -> list[Row]:
     r, c = results
-    if "histstore_codec" not in r:  # recorded before the direct reader (zarr's read path only)
-        return _rows_before_reader(results)
     gb = r["bytes"] / 1e9
     lay = r["layouts"]
     ours, npy, via_zarr = lay["histstore"], lay["npy"], lay["histstore, through zarr"]
@@ -341,8 +339,6 @@ def rows(results: list[dict]) -> list[Row]:
 
 def details(results: list[dict]) -> list[str]:
     r, c = results
-    if "histstore_codec" not in r:
-        return _details_before_reader(results)
     gb = r["bytes"] / 1e9
     out = [f"Cohort read by layout ({r['n_slides']} slides, {r['n_tiles']:,} x {r['dim']} f16, "
            f"{gb:.2f} GB raw; warm: median of {r['repeats']} interleaved reads; cold: every file dropped "
@@ -362,57 +358,6 @@ def details(results: list[dict]) -> list[str]:
             f"{c['raw_bytes'] / 1e6:.1f} MB raw, one array in chunks of {c['chunk_rows']:,} rows, encoder "
             f"{c['encoder']}). Read: the whole array through read_array, file open included; decode: the "
             "codec alone on the chunks in memory; both medians of interleaved repeats.", "",
-            "| codec | size / raw | write MB/s | read GB/s | decode GB/s |", "|---|---|---|---|---|"]
-    out += [f"| {x['codec']} | {x['size_fraction']:.3f} | {x['write_mb_per_s']:.0f} | {x['read_gb_per_s']:.2f} "
-            f"| {x['decode_gb_per_s']:.2f} |" for x in c["codecs"]]
-    return out
-
-
-# results recorded before the direct reader (zarr's read path): rendered as they were printed
-
-
-def _rows_before_reader(results: list[dict]) -> list[Row]:
-    r, c = results
-    gb = r["bytes"] / 1e9
-    lay = r["layouts"]
-    ours, npy = lay["histstore"], lay["npy"]
-    by = {x["codec"]: x for x in c["codecs"]}
-    lz4, zstd = by["histstore (blosc lz4 bitshuffle)"], by["zstd-3"]
-    what = (f"{r['n_slides']} slides, {r['n_tiles']:,} x {r['dim']} f16 from {r['encoder']}'s rows "
-            f"(each slide a run of {r['real_rows']:,} real rows)")
-    return [Row("bags: read a cohort, warm cache",
-                f"zarr (histstore's layout) {ours['warm_s']:.2f} s ({gb / ours['warm_s']:.2f} GB/s), {what}",
-                f"raw .npy {npy['warm_s']:.2f} s ({gb / npy['warm_s']:.2f} GB/s)",
-                npy["warm_s"] / ours["warm_s"], "npy time / zarr time (target >= 0.5)"),
-            Row("bags: read a cohort, cold cache",
-                f"zarr {ours['cold_s']:.2f} s ({gb / ours['cold_s']:.2f} GB/s)",
-                f"raw .npy {npy['cold_s']:.2f} s ({gb / npy['cold_s']:.2f} GB/s)",
-                npy["cold_s"] / ours["cold_s"], "npy time / zarr time"),
-            Row("bags: size on disk", f"zarr {ours['size_fraction']:.2f} of the raw bytes",
-                f".npy {npy['size_fraction']:.2f}", npy["size_fraction"] / ours["size_fraction"],
-                "npy size / zarr size (target >= 1)"),
-            Row("bags: codec decode speed, real embeddings",
-                f"blosc lz4 + bitshuffle: {lz4['decode_gb_per_s']:.2f} GB/s in memory, "
-                f"{lz4['size_fraction']:.2f} of raw",
-                f"zstd level 3: {zstd['decode_gb_per_s']:.2f} GB/s, {zstd['size_fraction']:.2f} of raw",
-                lz4["decode_gb_per_s"] / zstd["decode_gb_per_s"], "histstore decode speed / zstd decode speed")]
-
-
-def _details_before_reader(results: list[dict]) -> list[str]:
-    r, c = results
-    gb = r["bytes"] / 1e9
-    out = [f"Cohort read by layout ({r['n_slides']} slides, {r['n_tiles']:,} x {r['dim']} f16, "
-           f"{gb:.2f} GB raw; warm: median of {r['repeats']} interleaved reads; cold: every file dropped "
-           "from the page cache first; one read per slide, as training reads):", "",
-           "| layout | size / raw | warm s | warm GB/s | cold s | cold GB/s | npy warm time / this |",
-           "|---|---|---|---|---|---|---|"]
-    npy_warm = r["layouts"]["npy"]["warm_s"]
-    out += [f"| {k} | {v['size_fraction']:.3f} | {v['warm_s']:.2f} | {gb / v['warm_s']:.2f} | {v['cold_s']:.2f} "
-            f"| {gb / v['cold_s']:.2f} | {npy_warm / v['warm_s']:.2f} |" for k, v in r["layouts"].items()]
-    out += ["", f"Codecs on real embeddings ({c['n_tiles']:,} tiles x {c['dim']}, float16, "
-            f"{c['raw_bytes'] / 1e6:.1f} MB raw, one array in chunks of {c['chunk_rows']:,} rows, encoder "
-            f"{c['encoder']}). Read: the whole array through zarr, file open included; decode: the codec "
-            "alone on the chunks in memory; both medians of interleaved repeats.", "",
             "| codec | size / raw | write MB/s | read GB/s | decode GB/s |", "|---|---|---|---|---|"]
     out += [f"| {x['codec']} | {x['size_fraction']:.3f} | {x['write_mb_per_s']:.0f} | {x['read_gb_per_s']:.2f} "
             f"| {x['decode_gb_per_s']:.2f} |" for x in c["codecs"]]
