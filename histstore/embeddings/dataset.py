@@ -238,15 +238,30 @@ class ThreadedTileBatches:
     normalisation and preprocessing, so that only the model runs on the caller's thread.
     stain_norm="macenko" (per tile) runs on the caller's thread, with torch's threads, just
     before the batch is handed over. A reading or transform error is raised in the caller;
-    leaving the loop early stops the thread.
+    leaving the loop early stops the thread. background=False reads (and transforms) each batch
+    on the caller's thread when it is asked for: no overlap, and no competition for the cores
+    the model's OpenMP team uses (see slide_embed.embed_loop for when that is faster).
     """
 
     def __init__(self, dataset: TileDataset, batch_size: int, stain_norm: str = "none",
-                 prefetch: int = 2, nice: int = 10, transform=None):
+                 prefetch: int = 2, nice: int = 10, transform=None, background: bool = True):
         if stain_norm not in ("none", "macenko"):
             raise ValueError(f"stain_norm must be none or macenko, not {stain_norm!r}")
         self.dataset, self.batch_size, self.stain_norm = dataset, int(batch_size), stain_norm
         self.prefetch, self.nice, self.transform = max(1, int(prefetch)), nice, transform
+        self.background = background
+
+    def _batch(self, start: int, end: int):
+        """Tiles start..end-1 read (and transformed) on the calling thread."""
+        n = end - start
+        size = int(self.dataset.slides[self.dataset.locate(start)[0]].read_spec["tile_size"])
+        tiles = np.empty((n, size, size, 3), np.uint8)
+        self.dataset.read_into(tiles, start)
+        if self.transform is not None:
+            index = np.arange(start, end, dtype=np.int64)
+            with torch.inference_mode():
+                tiles = self.transform(torch.from_numpy(tiles), index)
+        return tiles
 
     def __len__(self) -> int:
         return len(slide_batches(self.dataset.offsets, self.batch_size))
@@ -283,14 +298,7 @@ class ThreadedTileBatches:
 
         try:
             for start, end in slide_batches(self.dataset.offsets, self.batch_size):
-                n = end - start
-                size = int(self.dataset.slides[self.dataset.locate(start)[0]].read_spec["tile_size"])
-                tiles = np.empty((n, size, size, 3), np.uint8)
-                self.dataset.read_into(tiles, start)
-                if self.transform is not None:
-                    index = np.arange(start, end, dtype=np.int64)
-                    with torch.inference_mode():
-                        tiles = self.transform(torch.from_numpy(tiles), index)
+                tiles = self._batch(start, end)
                 if not put((tiles, start)):
                     return
             put(None)
@@ -303,7 +311,28 @@ class ThreadedTileBatches:
 
                 cv2.setNumThreads(cv2_threads)
 
+    def _in_order(self):
+        """background=False: each batch read when asked for, on the caller's thread."""
+        try:
+            for start, end in slide_batches(self.dataset.offsets, self.batch_size):
+                yield self._batch(start, end), start
+        finally:
+            self.dataset.close()
+
+    def _hand_over(self, items):
+        for tiles, start in items:
+            if not isinstance(tiles, torch.Tensor):
+                tiles = torch.from_numpy(tiles)
+            if self.stain_norm == "macenko":
+                from histstore.embeddings.stain import macenko_normalize
+
+                tiles = macenko_normalize(tiles)
+            yield tiles, torch.arange(start, start + len(tiles), dtype=torch.int64)
+
     def __iter__(self):
+        return self._hand_over(self._from_thread() if self.background else self._in_order())
+
+    def _from_thread(self):
         import queue
         import threading
 
@@ -319,26 +348,20 @@ class ThreadedTileBatches:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                tiles, start = item
-                if not isinstance(tiles, torch.Tensor):
-                    tiles = torch.from_numpy(tiles)
-                if self.stain_norm == "macenko":
-                    from histstore.embeddings.stain import macenko_normalize
-
-                    tiles = macenko_normalize(tiles)
-                yield tiles, torch.arange(start, start + len(tiles), dtype=torch.int64)
+                yield item
         finally:
             stop.set()
             thread.join()
 
 
 def tile_batches(dataset: TileDataset, batch_size: int, workers: int, stain_norm: str = "none",
-                 pin_memory: bool = False, transform=None):
+                 pin_memory: bool = False, transform=None, background: bool = True):
     """Batches of consecutive tiles of one slide each, for embedding: (uint8 [B, H, W, 3],
     int64 indices [B]). workers > 0: a DataLoader with that many reading processes; 0:
-    ThreadedTileBatches, with `transform` (if any) applied on its reading thread."""
+    ThreadedTileBatches, with `transform` (if any) applied where it reads (a background
+    thread, or the caller's thread in turn with the model when background is False)."""
     if workers > 0:
         if transform is not None:
-            raise ValueError("transform runs on the reading thread: workers must be 0")
+            raise ValueError("transform runs where the tiles are read: workers must be 0")
         return tile_loader(dataset, batch_size, workers, stain_norm, pin_memory=pin_memory, slide_aligned=True)
-    return ThreadedTileBatches(dataset, batch_size, stain_norm, transform=transform)
+    return ThreadedTileBatches(dataset, batch_size, stain_norm, transform=transform, background=background)

@@ -48,6 +48,19 @@ def prepare_model(model, dev):
     return model
 
 
+def spare_core() -> bool:
+    """Whether this process may use more cores than torch's intra-op threads."""
+    import os
+
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
+
+
 def embed_loop(slides: Sequence[SlideTiles], model, dev, amp_dtype, stainer, batch_size: int, workers: int,
                dtype: str, dim: int, set_dir: Path, on_slide: Callable, on_batch: Callable | None = None) -> int:
     """Embed the slides' tiles in order; `on_slide(writer, slide_no)` when a slide's array is
@@ -60,17 +73,21 @@ def embed_loop(slides: Sequence[SlideTiles], model, dev, amp_dtype, stainer, bat
 
     dataset = TileDataset(slides)
     # On a CPU with the in-process reader, each slide's stain fit, its application and the
-    # uint8 -> float preprocessing run on the (niced, one-torch-thread) reading thread, beside
-    # the model rather than in its way (bench_embed: pipeline / forward-only). Elsewhere they
-    # run here, on the model's device, once the batch has arrived. Same operations per tile
-    # either way: the embeddings are identical (tests/embeddings/test_slide_stain.py).
+    # uint8 -> float preprocessing run where the tiles are read, so that only the model runs
+    # here. Elsewhere they run here, on the model's device, once the batch has arrived. Same
+    # operations per tile either way: the embeddings are identical
+    # (tests/embeddings/test_slide_stain.py).
     on_reader = dev.type == "cpu" and workers == 0
+    # Reading on a background thread pays only when a core is free for it: when the model's
+    # OpenMP team holds every core, a reader beside it slows each parallel op to its slowest
+    # thread, and reading in turn with the model is faster (bench_embed, "reading in turn").
+    background = dev.type != "cpu" or spare_core()
 
     def prepare(tiles, index):
         return preprocess(stainer.normalise(tiles, index), device=dev)
 
     loader = tile_batches(dataset, batch_size, workers, "none", pin_memory=dev.type == "cuda",
-                          transform=prepare if on_reader else None)
+                          transform=prepare if on_reader else None, background=background)
     offsets = dataset.offsets
     writer: arrays.ArrayWriter | None = None
     current = -1

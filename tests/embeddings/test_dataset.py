@@ -22,14 +22,18 @@ def _readers_alive():
     return [t for t in threading.enumerate() if t.name == "histstore-tile-reader"]
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["reading-thread", "in-turn"])
 @pytest.mark.parametrize("stain_norm", ["none", "macenko"])
-def test_batches_are_the_dataset_in_order(ingested, stain_norm):
+def test_batches_are_the_dataset_in_order(ingested, stain_norm, background):
     from histstore.embeddings.stain import macenko_normalize
 
     ds = TileDataset(_slides(ingested))
     expected = torch.from_numpy(np.stack([ds[i][0] for i in range(len(ds))]))
-    batches = ThreadedTileBatches(TileDataset(ds.slides), 7, stain_norm)
-    got = list(batches)
+    batches = ThreadedTileBatches(TileDataset(ds.slides), 7, stain_norm, background=background)
+    got = []
+    for item in batches:
+        got.append(item)
+        assert background or not _readers_alive()  # in turn: nothing reads beside the caller
     # per slide ceil(n / 7) batches, none crossing a slide (a slide's embedding does not depend
     # on its neighbours in the run)
     assert len(got) == len(batches) == sum(-(-len(s) // 7) for s in ds.slides)
