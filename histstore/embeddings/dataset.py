@@ -276,16 +276,11 @@ class ThreadedTileBatches:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             except (AttributeError, OSError):
                 pass
-        cv2_threads = None
         if self.transform is not None:
-            torch.set_num_threads(1)  # this thread's OpenMP team only
-            try:  # OpenCV's pool (table lookups, resizing) is process-wide: one thread while reading
-                import cv2
-
-                cv2_threads = cv2.getNumThreads()
-                cv2.setNumThreads(1)
-            except ImportError:  # pragma: no cover - a dependency
-                pass
+            # this thread's OpenMP team only. OpenCV's pool is process-wide and is left alone:
+            # resizing it from here segfaults in a forked child whose parent had started it
+            # (tests/faults run embed in forked processes)
+            torch.set_num_threads(1)
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -306,10 +301,6 @@ class ThreadedTileBatches:
             put(exc)
         finally:
             self.dataset.close()
-            if cv2_threads is not None:
-                import cv2
-
-                cv2.setNumThreads(cv2_threads)
 
     def _in_order(self):
         """background=False: each batch read when asked for, on the caller's thread."""
