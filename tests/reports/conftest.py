@@ -23,12 +23,18 @@ def trained(embedded_template, synth20, tmp_path_factory):
 
     from histstore.train import TrainSettings, train
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("reports") / "store"
     shutil.copytree(embedded_template.root, root)
     store = Store(root)
-    rep = train(store, TrainSettings(cohort="syn20", task="tumor", folds=5, seed=0, epochs=20, lr=5e-4,
-                                     device="cpu"), show_progress=False)
+    # two threads for this training only: a test process left with an OpenMP team of two
+    # crashes the tests that fork it (tests/faults) as soon as a child runs a parallel op
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rep = train(store, TrainSettings(cohort="syn20", task="tumor", folds=5, seed=0, epochs=20, lr=5e-4,
+                                         device="cpu"), show_progress=False)
+    finally:
+        torch.set_num_threads(before)
     assert rep.status == "finished"
     return Trained(store, rep.run_id, synth20.truth())
 
