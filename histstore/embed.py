@@ -234,7 +234,8 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                                 "r.kind = 'embed' AND r.embedding_set_id = ?", (info.embedding_set_id,))
             if todo:
                 run_id = create_run(conn, kind="embed", settings={**settings, "batch_size": batch_size,
-                                                                  "precision": precision, "device": str(dev)},
+                                                                  "precision": precision, "device": str(dev),
+                                                                  "batchnorm": "folded into the convolutions"},
                                     seed=seed, cohort=cohort, model=enc.name,
                                     embedding_set_id=info.embedding_set_id, encoder_id=enc.encoder_id,
                                     name=info.name, progress_total=len(slide_ids), progress_unit="slide")

@@ -37,10 +37,13 @@ def state_hash(model) -> str:
 
 
 def prepare_model(model, dev):
-    """The frozen encoder on its device, in eval mode (channels-last on a CPU)."""
+    """The frozen encoder on its device, in eval mode, BatchNorm folded into the convolutions
+    (channels-last on a CPU). Hash the weights (`state_hash`) before: folding changes them."""
     import torch
 
-    model = model.to(dev).eval()
+    from histstore.encoders.backbones import fold_batchnorm
+
+    model = fold_batchnorm(model.to(dev).eval())
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
@@ -186,8 +189,8 @@ def _worker_model(ref: EncoderRef, job: EmbedJob):
         model, _ = build_backbone(ref.architecture, None, allow_random=True)
     dev = resolve_device(job.device)
     amp = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[job.precision], dev)
-    model = prepare_model(model, dev)
     weights = state_hash(model)
+    model = prepare_model(model, dev)
     if weights != ref.weights_hash:
         raise HiststoreError(f"the encoder built on this worker differs from the writer's "
                              f"({ref.architecture}: other torch/torchvision version?)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from histstore.encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, preprocess
+from histstore.encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, fold_batchnorm, preprocess
 from histstore.encoders.heads import ProjectionHead
 from histstore.errors import InvalidInput
 
@@ -20,6 +20,24 @@ def test_dims(arch, dim):
     assert d == dim
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50-layer3"])
+def test_folded_batchnorm_computes_the_same_function(arch):
+    torch.manual_seed(3)
+    model, _ = build_backbone(arch, allow_random=True)
+    for m in model.modules():  # statistics far from the identity, as after pretraining
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.normal_(0, 0.2)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy: the encoder is untouched
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    # a model in training mode (batch statistics) is never folded
+    assert fold_batchnorm(model.train()) is model
 
 
 def test_random_init_needs_the_flag():
