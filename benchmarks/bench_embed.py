@@ -13,6 +13,7 @@ has it) and torch threads, taken in turn (ABAB...) `repeats` times; medians repo
   forward        the encoder's forward pass alone on a ready, preprocessed batch, as many
                  tiles (the ceiling): embed's own inference model (BatchNorm folded into the
                  convolutions, channels-last), so the ratio measures the pipeline around it
+  forward/unfolded  the same with the encoder's BatchNorm layers kept (what folding saves)
   histstore      `embed()` with Macenko (one fit per slide, the default), end to end: read
                  tiles with OpenSlide, fit each slide's stains on a sample of its tiles,
                  normalise, encode, zarr arrays, catalog rows (a fresh copy of the ingested
@@ -236,13 +237,18 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
 
         torch.manual_seed(0)
         model, _ = build_backbone(ARCH, None, allow_random=True)
+        unfolded = model.eval().to(memory_format=torch.channels_last)
         model = prepare_model(model, torch.device("cpu"))  # embed's own inference model
         x = preprocess(torch.randint(0, 255, (BATCH, 128, 128, 3), dtype=torch.uint8))
 
-        def forward():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                for start in range(0, n, BATCH):
-                    model(x[:min(BATCH, n - start)]).float().numpy()
+        def forward_of(net):
+            def go():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                    for start in range(0, n, BATCH):
+                        net(x[:min(BATCH, n - start)]).float().numpy()
+            return go
+
+        forward = forward_of(model)
 
         def plain():
             out = tmp / "plain"
@@ -261,7 +267,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
                     slide_embed.spare_core = default
             return go
 
-        calls = {"forward": forward, "histstore": embed_fresh("histstore", stain_norm="macenko"),
+        calls = {"forward": forward, "forward/unfolded": forward_of(unfolded), "histstore": embed_fresh("histstore", stain_norm="macenko"),
                  "histstore/none": embed_fresh("histstore/none", stain_norm="none"), "plain loop": plain,
                  "processes": embed_fresh("processes", stain_norm="macenko", workers=2),
                  "thread": on_reader_thread(embed_fresh("thread", stain_norm="macenko"))}
@@ -300,6 +306,10 @@ def rows(results: list[dict]) -> list[Row]:
         Row("embed: end to end, Macenko", f"{c['histstore']:.0f} tiles/s ({what}; read, normalise, encode, "
             "zarr, catalog)", f"forward pass alone on ready tensors {c['forward']:.0f} tiles/s",
             c["histstore"] / c["forward"], "pipeline / forward-only (target >= 0.7)"),
+        *([Row("embed: BatchNorm folded", f"forward pass of embed's model (BatchNorm folded into the "
+               f"convolutions) {c['forward']:.0f} tiles/s", f"the same encoder with its BatchNorm layers "
+               f"{c['forward/unfolded']:.0f} tiles/s", c["forward"] / c["forward/unfolded"],
+               "folded / unfolded speed")] if "forward/unfolded" in c else []),
         Row("embed: no stain normalisation", f"`embed --stain-norm none` {c['histstore/none']:.0f} tiles/s",
             f"plain loop: OpenSlide read_region in the main process + torchvision ResNet-18 "
             f"(channels_last, same autocast), np.save per slide: {c['plain loop']:.0f} tiles/s",
