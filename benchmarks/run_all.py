@@ -46,7 +46,7 @@ def merge(data: dict, sections: dict[str, dict]) -> dict:
 # run only when named (--only): what they need is not what a full run on this machine has
 ON_REQUEST = {
     "gpu": "measures a GPU (benchmarks/gpu_check.sh runs it)",
-    "mil_scale": "hours and ~28 GB of disk at paper scale (--quick for the same code path)",
+    "mil_scale": "~100 min and ~28 GB of disk at paper scale (--quick for the same code path)",
 }
 
 
