@@ -62,7 +62,7 @@ def run(quick: bool = False) -> list[dict]:
 
 def rows(results: list[dict]) -> list[Row]:
     r = results[0]
-    return [Row("tile read", f"background reading thread (embed's CPU default): {r['thread_tiles_per_s']:.0f} tiles/s "
+    return [Row("tile read", f"background reading thread (embed's CPU default where a core is free for it): {r['thread_tiles_per_s']:.0f} tiles/s "
                 f"({r['workers']} reading processes: {r['processes_tiles_per_s']:.0f})",
                 f"plain OpenSlide read_region loop {r['plain_tiles_per_s']:.0f} tiles/s ({r['n_tiles']} tiles, "
                 f"median of {r['repeats']}, taken in turn)",
