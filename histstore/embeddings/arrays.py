@@ -34,26 +34,25 @@ from histstore.ids import from_path_component, path_component
 
 PARTIAL_DIR = ".partial"
 # At most 32,768 rows a chunk: a slide of up to 32,768 tiles is one chunk file (a TCGA slide
-# at 128 px, 0.5 um/px has 10,000-30,000). Fewer, larger chunk files read faster from a cold page cache
-# (`python -m benchmarks.bench_bags --quick`: uncompressed in 4,096-row chunks read the cohort
-# cold in 0.231 s, histstore's layout, the same bytes in one chunk per slide, in 0.186 s); the
-# cost is the writer's memory: it holds up to one chunk (64 MB of 1,024 float16 features).
+# at 128 px, 0.5 um/px has 10,000-30,000). Fewer, larger chunk files read faster from a cold
+# page cache (benchmarks/RESULTS.md, section bags, layout table: the same uncompressed bytes in
+# 4,096-row chunks read cold in 0.184 s, in histstore's chunks in 0.128 s); the cost is the
+# writer's memory: it holds up to one chunk (64 MB of 1,024 float16 features).
 DEFAULT_CHUNK_ROWS = 32_768
 # New arrays are written uncompressed; older arrays keep their codec in their zarr.json and
-# still read. Chosen from `python -m benchmarks.bench_bags --quick` (layout table: encoder output
-# laid out as 8 slides of 10,000-30,000 rows, read by histstore's direct reader): uncompressed
-# read the cohort warm at 0.78 of np.load's speed on raw .npy files (goal >= 0.5) and cold at
-# 0.56, in 1.000 of the raw bytes; Blosc lz4 + bitshuffle (the codec before) stores 0.675 of
-# them but read warm at 0.13 and cold in 0.279 s against 0.186 s: decoding it (2.21 GB/s in
-# memory) is slower than reading the bytes, warm or cold; Blosc zstd-3 + bitshuffle stores
-# 0.662 and read warm at 0.07.
+# still read. Chosen from the same table (encoder output laid out as 8 slides, read by the
+# direct reader): uncompressed read the cohort warm at 1.13 of np.load's speed on raw .npy
+# files (goal >= 0.5) and cold at 0.66, in 1.000 of the raw bytes; Blosc lz4 + bitshuffle (the
+# codec before) stores 0.675 of them but read warm at 0.27 and cold in 0.165 s: decoding it
+# (2.39 GB/s in memory) is slower than reading the bytes, warm or cold; Blosc zstd-3 +
+# bitshuffle stores 0.662 and read warm at 0.15.
 COMPRESSOR = None
 
 
 def chunk_rows_for(n_rows: int, max_rows: int = DEFAULT_CHUNK_ROWS) -> int:
     """Rows per chunk of an array of n_rows: at most max_rows, the chunks as equal as they can
     be. zarr stores the last chunk padded to a full chunk; this way the padding is under one
-    row per chunk (at most 4,096 rows: 10,001 rows are 3 chunks of 3,334, not 4,096 + 4,096 +
+    row per chunk (with max_rows 4,096, 10,001 rows are 3 chunks of 3,334, not 4,096 + 4,096 +
     1,809 padded to 4,096)."""
     n_chunks = max(1, -(-int(n_rows) // max(1, int(max_rows))))
     return max(1, -(-int(n_rows) // n_chunks))
