@@ -12,7 +12,8 @@ has it) and torch threads, taken in turn (ABAB...) `repeats` times; medians repo
 
   forward        the encoder's forward pass alone on a ready, preprocessed batch, as many
                  tiles (the ceiling): embed's own inference model (BatchNorm folded into the
-                 convolutions, channels-last), so the ratio measures the pipeline around it
+                 convolutions, channels-last, conv weights in the autocast dtype), so the
+                 ratio measures the pipeline around it
   forward/unfolded  the same with the encoder's BatchNorm layers kept (what folding saves)
   histstore      `embed()` with Macenko (one fit per slide, the default), end to end: read
                  tiles with OpenSlide, fit each slide's stains on a sample of its tiles,
@@ -23,14 +24,14 @@ has it) and torch threads, taken in turn (ABAB...) `repeats` times; medians repo
                  ResNet-18 (fc removed; channels_last + the same autocast), np.save per slide;
                  no stain normalisation
   processes      `embed()` with Macenko and 2 reader processes (--workers 2), the old CPU default
-  thread         `embed()` with Macenko, tiles read on a background thread beside the model
-                 (the CPU default when a core is free for it; where torch's threads hold every
-                 core, as here, the default reads each batch in turn with the model)
+  in turn        `embed()` with Macenko, each batch read (and normalised) on the model's
+                 thread when the model asks for it, instead of on the default's niced
+                 background thread beside the model
 
 Profile: each stage alone on the same tiles, one after the other (read, Macenko per tile for
 comparison, Macenko per slide: fits and applying them, preprocess, forward, zarr writes), the zarr writer against writing each block straight into zarr on a
-10,000-row slide, and the main thread's top cProfile entries during one `embed()` call (time
-spent waiting for the reader shows as lock acquire). Figures on a shared machine are noisy.
+10,000-row slide, and the top cProfile entries of one `embed()` call reading in turn (every
+stage on the profiled thread). Figures on a shared machine are noisy.
 
     python -m benchmarks.bench_embed [--quick] [--repeats N]
 """
@@ -238,7 +239,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
         torch.manual_seed(0)
         model, _ = build_backbone(ARCH, None, allow_random=True)
         unfolded = model.eval().to(memory_format=torch.channels_last)
-        model = prepare_model(model, torch.device("cpu"))  # embed's own inference model
+        model = prepare_model(model, torch.device("cpu"), amp)  # embed's own inference model
         x = preprocess(torch.randint(0, 255, (BATCH, 128, 128, 3), dtype=torch.uint8))
 
         def forward_of(net):
@@ -256,21 +257,21 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
             _plain_loop(slides, out, amp)
             shutil.rmtree(out)
 
-        def on_reader_thread(call):
+        def in_turn(call):
             def go():
                 from histstore.embeddings import slide_embed
 
-                default, slide_embed.spare_core = slide_embed.spare_core, lambda: True
+                slide_embed.READ_IN_BACKGROUND = False
                 try:
                     return call()
                 finally:
-                    slide_embed.spare_core = default
+                    slide_embed.READ_IN_BACKGROUND = True
             return go
 
         calls = {"forward": forward, "forward/unfolded": forward_of(unfolded), "histstore": embed_fresh("histstore", stain_norm="macenko"),
                  "histstore/none": embed_fresh("histstore/none", stain_norm="none"), "plain loop": plain,
                  "processes": embed_fresh("processes", stain_norm="macenko", workers=2),
-                 "thread": on_reader_thread(embed_fresh("thread", stain_norm="macenko"))}
+                 "in turn": in_turn(embed_fresh("in turn", stain_norm="macenko"))}
         seconds: dict[str, list[float]] = {k: [] for k in calls}
 
         def timed(name):
@@ -285,11 +286,9 @@ def run(quick: bool = False, repeats: int | None = None) -> list[dict]:
         # embed_fresh times embed() alone (without the store copy); the others are timed whole
         per_call = {k: [s if s is not None else w for s, w in zip(seconds[k], wall[k])] for k in calls}
         stages = _stages(slides, model, amp)
-        profile = _profile(lambda: embed_fresh("profiled", stain_norm="macenko")())
+        profile = _profile(in_turn(embed_fresh("profiled", stain_norm="macenko")))
     precision = reports["histstore"].precision
-    from histstore.embeddings.slide_embed import spare_core
-
-    return [{"arch": ARCH, "n_slides": n_slides, "reader_default": "thread" if spare_core() else "in turn", "slide_px": side, "n_tiles": n, "batch_size": BATCH, "precision": precision,
+    return [{"arch": ARCH, "n_slides": n_slides, "slide_px": side, "n_tiles": n, "batch_size": BATCH, "precision": precision,
              "threads": torch.get_num_threads(), "repeats": repeats,
              "candidates": {k: {"median_s": median(v), "all_s": v, "tiles_per_s": n / median(v)}
                             for k, v in per_call.items()},
@@ -314,37 +313,32 @@ def rows(results: list[dict]) -> list[Row]:
             f"plain loop: OpenSlide read_region in the main process + torchvision ResNet-18 "
             f"(channels_last, same autocast), np.save per slide: {c['plain loop']:.0f} tiles/s",
             c["histstore/none"] / c["plain loop"], "histstore / plain loop (target > 1)"),
-        Row("embed: tile reader", f"the CPU default here ({_reader(r['reader_default'])}): {c['histstore']:.0f} tiles/s",
-            f"a background reading thread beside the model: {c['thread']:.0f} tiles/s; "
+        Row("embed: tile reader", f"the default, a niced reading thread beside the model: {c['histstore']:.0f} tiles/s",
+            f"each batch read in turn with the model: {c['in turn']:.0f} tiles/s; "
             f"2 reader processes (--workers 2): {c['processes']:.0f} tiles/s",
-            c["histstore"] / max(c["thread"], c["processes"]), "default / the faster alternative (all with Macenko)"),
+            c["histstore"] / max(c["in turn"], c["processes"]), "default / the faster alternative (all with Macenko)"),
         Row("embed: zarr writer", f"ArrayWriter, {w['rows']:,} x {w['dim']} f16 in {BATCH}-row blocks: "
             f"{w['writer_s']:.2f} s", f"each block written straight into the zarr array: {w['straight_s']:.2f} s",
             w["straight_s"] / w["writer_s"], "straight / ArrayWriter time"),
     ]
 
 
-def _reader(mode: str) -> str:
-    return {"in turn": "reading each batch in turn with the model: torch's threads hold every core",
-            "thread": "a background reading thread: a core is free for it"}[mode]
-
-
 def details(results: list[dict]) -> list[str]:
     r = results[0]
     st = r["stages_s"]
     pipeline = r["candidates"]["histstore"]["median_s"]
-    thread = r["candidates"]["thread"]["median_s"]
+    turn = r["candidates"]["in turn"]["median_s"]
     out = [f"Where the time goes ({r['n_tiles']:,} tiles; each stage alone, one after the other, "
            f"{r['threads']} torch threads; medians of {r['repeats']} for the candidates):", "",
            "| stage | seconds | tiles/s |", "|---|---|---|"]
     out += [f"| {k} | {v:.2f} | {r['n_tiles'] / v:,.0f} |" for k, v in st]
     out += [f"| sum of the stages | {sum(v for _, v in st):.2f} | |",
-            f"| `embed()` end to end, Macenko, the default here ({r['reader_default']}) | {pipeline:.2f} | "
+            f"| `embed()` end to end, Macenko (the default: a reading thread beside the model) | {pipeline:.2f} | "
             f"{r['n_tiles'] / pipeline:,.0f} |",
-            f"| `embed()` end to end, Macenko, a background reading thread beside the model | {thread:.2f} | "
-            f"{r['n_tiles'] / thread:,.0f} |", "",
-            "Main thread of one `embed()` call (the default), top entries by own time (cProfile; a "
-            "reading thread is not profiled, waiting for it shows as lock acquire):", "",
+            f"| `embed()` end to end, Macenko, each batch read in turn with the model | {turn:.2f} | "
+            f"{r['n_tiles'] / turn:,.0f} |", "",
+            "One `embed()` call reading in turn (so that every stage runs on the profiled thread), "
+            "top entries by own time (cProfile):", "",
             "| function | calls | seconds |", "|---|---|---|"]
     out += [f"| `{f}` | {calls} | {s:.3f} |" for f, calls, s in r["profile_main_thread"]]
     return out

@@ -2,8 +2,9 @@
 
 The frozen encoder embeds every tile of every slide; slides already registered in the set are
 skipped, a half-written array is discarded and redone, and the set is reused when encoder and
-settings are the same (nothing is ever silently overwritten). After the run the encoder's
-weights are checked to be unchanged. Tiles are stain-normalised on the model's device (default:
+settings are the same (nothing is ever silently overwritten). Before each slide is registered
+the encoder's weights are checked to be unchanged (against a copy in memory; a slide embedded
+with changed weights is discarded and the run stops). Tiles are stain-normalised on the model's device (default:
 one Macenko fit per slide, histstore.embeddings.slide_stain), and each slide's fit is recorded
 in `slide_stain` in the commit that registers its array.
 
@@ -247,7 +248,7 @@ def embed(store: Store, encoder: str, cohort: str, *, tiling: str | None = None,
                              0, 0, 0.0, f"Dask {where} workers ({device})" if where.distributed else str(dev),
                              str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32")
         if todo:
-            with store.read() as conn:
+            with store.read() as conn:  # not in the commit above: a large cohort's tiles take a while
                 slides = load_slide_tiles(conn, todo, key)
             with Heartbeat(store, run_id, start_later=True) as beat, \
                     run_outcome(store, run_id, "run the same `histstore embed` again to continue"):
@@ -300,11 +301,11 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
          warnings: list[str]) -> tuple[int, int]:
     """Embed the slides in this process; returns (slides registered by this run, tiles embedded)."""
     from histstore.embeddings.dataset import TileDataset
-    from histstore.embeddings.slide_embed import embed_loop, prepare_model, state_hash
+    from histstore.embeddings.slide_embed import embed_loop, frozen_copy, prepare_model, unchanged
     from histstore.embeddings.slide_stain import SlideStainer
 
-    model = prepare_model(model, dev)
-    before = state_hash(model)
+    model = prepare_model(model, dev, amp_dtype)
+    before = frozen_copy(model)
     stainer = SlideStainer(slides, TileDataset(slides).offsets, stain)
     registered = 0
     bar = progress_bar(total=sum(len(s) for s in slides), desc=f"embed {info.name}", unit="tile",
@@ -319,6 +320,9 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
 
     def on_slide(writer: arrays.ArrayWriter, slide_no: int) -> None:
         nonlocal registered
+        if not unchanged(model, before):  # checked before each slide is registered: a compare in memory
+            writer.discard()
+            raise HiststoreError("the encoder's weights changed during embedding: results discarded")
         registered += _register(store, info, writer, slides[slide_no], run_id,
                                 n_cohort - len(slides) + slide_no + 1, stainer, slide_no, warnings)
         beat.touch()
@@ -328,8 +332,6 @@ def _run(store: Store, info: EmbeddingSetInfo, slides, model, dev, amp_dtype, st
                            info.directory(store), on_slide, on_batch)
     finally:
         bar.close()
-    if state_hash(model) != before:
-        raise HiststoreError("the encoder's weights changed during embedding: results discarded")
     return registered, total
 
 

@@ -240,7 +240,7 @@ class ThreadedTileBatches:
     before the batch is handed over. A reading or transform error is raised in the caller;
     leaving the loop early stops the thread. background=False reads (and transforms) each batch
     on the caller's thread when it is asked for: no overlap, and no competition for the cores
-    the model's OpenMP team uses (see slide_embed.embed_loop for when that is faster).
+    the model's OpenMP team uses (bench_embed's "tile reader" row times both).
     """
 
     def __init__(self, dataset: TileDataset, batch_size: int, stain_norm: str = "none",

@@ -36,9 +36,14 @@ def state_hash(model) -> str:
     return h.hexdigest()
 
 
-def prepare_model(model, dev):
+def prepare_model(model, dev, amp_dtype=None):
     """The frozen encoder on its device, in eval mode, BatchNorm folded into the convolutions
-    (channels-last on a CPU). Hash the weights (`state_hash`) before: folding changes them."""
+    (channels-last on a CPU). Hash the weights (`state_hash`) before: folding changes them.
+
+    amp_dtype (the autocast dtype the model will run under, or None): convolution and linear
+    weights are stored in it, since autocast casts them to it at every call anyway; the
+    results are bit-identical and each batch skips re-casting the whole encoder
+    (tests/embeddings/test_slide_embed_model.py; bench_embed, "forward" row)."""
     import torch
 
     from histstore.encoders.backbones import fold_batchnorm
@@ -46,22 +51,21 @@ def prepare_model(model, dev):
     model = fold_batchnorm(model.to(dev).eval())
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
+    if amp_dtype is not None:
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.to(amp_dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def spare_core() -> bool:
-    """Whether this process may use more cores than torch's intra-op threads."""
-    import os
-
-    import torch
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return cores > torch.get_num_threads()
+# Tiles are read (on a CPU also stain-normalised and preprocessed) by a niced background
+# thread beside the model. Where torch's threads hold every core it gets the CPU mostly while
+# the model waits for its next batch, and it fills the gaps in the model's parallel work:
+# bench_embed's "tile reader" row times it against reading each batch in turn with the model
+# (False here) and against reader processes.
+READ_IN_BACKGROUND = True
 
 
 def embed_loop(slides: Sequence[SlideTiles], model, dev, amp_dtype, stainer, batch_size: int, workers: int,
@@ -81,10 +85,7 @@ def embed_loop(slides: Sequence[SlideTiles], model, dev, amp_dtype, stainer, bat
     # operations per tile either way: the embeddings are identical
     # (tests/embeddings/test_slide_stain.py).
     on_reader = dev.type == "cpu" and workers == 0
-    # Reading on a background thread pays only when a core is free for it: when the model's
-    # OpenMP team holds every core, a reader beside it slows each parallel op to its slowest
-    # thread, and reading in turn with the model is faster (bench_embed, "reading in turn").
-    background = dev.type != "cpu" or spare_core()
+    background = READ_IN_BACKGROUND
 
     def prepare(tiles, index):
         return preprocess(stainer.normalise(tiles, index), device=dev)
@@ -190,19 +191,23 @@ def _worker_model(ref: EncoderRef, job: EmbedJob):
     dev = resolve_device(job.device)
     amp = resolve_amp({"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[job.precision], dev)
     weights = state_hash(model)
-    model = prepare_model(model, dev)
+    model = prepare_model(model, dev, amp)
     if weights != ref.weights_hash:
         raise HiststoreError(f"the encoder built on this worker differs from the writer's "
                              f"({ref.architecture}: other torch/torchvision version?)")
-    # a copy of the weights on the model's device: checking after each slide that nothing
-    # changed them is then a compare on the device, not a copy to the host and a hash
-    frozen = [v.detach().clone() for v in model.state_dict().values()]
+    frozen = frozen_copy(model)
     _MODELS.clear()  # one encoder per worker at a time: GPU memory
     _MODELS[key] = got = (model, dev, amp, frozen)
     return got
 
 
-def _unchanged(model, frozen) -> bool:
+def frozen_copy(model) -> list:
+    """A copy of the weights on the model's device: checking later that nothing changed them
+    (`unchanged`) is then a compare in memory, not a copy to the host and a hash."""
+    return [v.detach().clone() for v in model.state_dict().values()]
+
+
+def unchanged(model, frozen: list) -> bool:
     import torch
 
     return all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), frozen))
@@ -239,7 +244,7 @@ def embed_slide(set_dir: str, slide: SlideTiles, ref: EncoderRef, job: EmbedJob,
         fault_point(f"embed.worker_slide/{slide.slide_id}")
         if lease is not None and not os.path.exists(lease):
             raise HiststoreError("the writer has stopped: array discarded")
-        if not _unchanged(model, frozen):
+        if not unchanged(model, frozen):
             _MODELS.clear()
             raise HiststoreError("the encoder's weights changed during embedding: results discarded")
     except BaseException:

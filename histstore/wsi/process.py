@@ -236,4 +236,4 @@ def read_tiles_into(reader, x, y, grid_spec: TileGrid | dict[str, Any], out: np.
             if size == t:
                 out[a + k] = part
             else:
-                out[a + k] = cv2.resize(part, (t, t), interpolation=interp)
+                cv2.resize(part, (t, t), dst=out[a + k], interpolation=interp)

@@ -12,6 +12,7 @@ that lack an mpp of their own (`mpp_source` says which one applies).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,9 @@ class SlideReader:
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, got {w}x{h}")
         try:
+            rgb = _read_opaque(self._slide, int(x0), int(y0), int(level), int(w), int(h))
+            if rgb is not None:
+                return rgb
             img = self._slide.read_region((int(x0), int(y0)), int(level), (int(w), int(h)))
         except (openslide.OpenSlideError, OSError) as e:
             raise SlideReadError(
@@ -213,6 +217,34 @@ class SlideReader:
             f"SlideReader({str(self.path)!r}, {self.width}x{self.height}, "
             f"levels={self.level_count}, mpp={self.mpp}, vendor={self.vendor!r})"
         )
+
+
+# OpenSlide's C call, which fills a buffer of premultiplied ARGB words. openslide-python wraps
+# it in a PIL image (un-premultiplied, then copied out by numpy); reading into a numpy buffer
+# and swapping channels with OpenCV skips two of the four passes over the pixels (bench_embed,
+# "read" stage). It is openslide-python's internal name: without it, or on a big-endian
+# machine, every read takes the public path, which gives the same pixels
+# (tests/wsi/test_reader.py).
+_C_READ_REGION = getattr(getattr(openslide, "lowlevel", None), "_read_region", None) \
+    if sys.byteorder == "little" else None
+
+
+def _read_opaque(slide, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray | None:
+    """RGB (h, w, 3) of a region whose pixels are all opaque, read straight into numpy; None
+    when any pixel is transparent (compositing needs the public path) or it is unavailable."""
+    handle = getattr(slide, "_osr", None)
+    if _C_READ_REGION is None or handle is None:
+        return None
+    import ctypes
+
+    import cv2
+
+    argb = np.empty((h, w), np.uint32)
+    _C_READ_REGION(handle, argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), x0, y0, level, w, h)
+    if argb.min() < 0xFF000000:  # alpha is the high byte: some pixel is not opaque
+        return None
+    # little-endian ARGB words are B, G, R, A bytes; opaque premultiplied is straight colour
+    return cv2.cvtColor(argb.view(np.uint8).reshape(h, w, 4), cv2.COLOR_BGRA2RGB)
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

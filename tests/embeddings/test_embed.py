@@ -167,3 +167,34 @@ def test_embed_cli(ingested, cli):
     assert "resnet18-random-seed0" in r.output and "complete" in r.output
     r = cli("embed", "--encoder", "nope", "--cohort", "syn")
     assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1
+
+
+def test_weights_changed_mid_run_discard_the_slide(ingested, monkeypatch):
+    """Frozen means frozen: a slide embedded after the weights changed is not registered."""
+    from histstore.embeddings import slide_embed
+    from histstore.errors import HiststoreError
+
+    real_loop = slide_embed.embed_loop
+
+    def tampering_loop(slides, model, *args):  # called as embed_loop(..., on_slide, on_batch)
+        *rest, on_slide, on_batch = args
+        calls = {"n": 0}
+
+        def on_slide_after_tamper(writer, slide_no):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second slide finishes with changed weights
+                with torch.no_grad():
+                    next(model.parameters()).add_(1.0)
+            on_slide(writer, slide_no)
+
+        return real_loop(slides, model, *rest, on_slide_after_tamper, on_batch)
+
+    monkeypatch.setattr(slide_embed, "embed_loop", tampering_loop)
+    with pytest.raises(HiststoreError, match="weights changed during embedding"):
+        embed(ingested, "resnet18", "syn", stain_norm="none", **OPTS)
+    assert _count(ingested, "embedding_arrays") == 1
+    with ingested.read() as conn:
+        info = resolve_set(conn, 1)
+        run = conn.exec_driver_sql("SELECT status FROM runs WHERE kind = 'embed'").scalar()
+    assert run == "failed"
+    assert not any((info.directory(ingested) / arrays.PARTIAL_DIR).iterdir())

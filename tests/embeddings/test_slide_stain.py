@@ -221,11 +221,11 @@ def test_bad_stain_options_are_refused_before_anything_else(store, cli):
         assert conn.exec_driver_sql("SELECT count(*) FROM embedding_sets").scalar() == 0
 
 
-@pytest.mark.parametrize("spare_core", [True, False], ids=["reading-thread", "in-turn"])
-def test_stain_on_the_reading_thread_gives_the_same_embeddings(two_slides, monkeypatch, spare_core):
+@pytest.mark.parametrize("background", [True, False], ids=["reading-thread", "in-turn"])
+def test_stain_on_the_reading_thread_gives_the_same_embeddings(two_slides, monkeypatch, background):
     """On a CPU, with the in-process reader (workers=0) the fit, its application and the
-    preprocessing run where the tiles are read (a background thread when a core is free for
-    it, else the caller's thread in turn with the model); with reader processes they run on
+    preprocessing run where the tiles are read (a background thread, the default, or the
+    caller's thread in turn with the model); with reader processes they run on
     the caller's thread after the batch arrives. The embeddings and the recorded fits must
     not depend on where they ran."""
     import shutil
@@ -237,7 +237,7 @@ def test_stain_on_the_reading_thread_gives_the_same_embeddings(two_slides, monke
     from histstore.store import Store
 
     copy = Store.open(shutil.copytree(two_slides.root, two_slides.root.parent / "copy"))
-    monkeypatch.setattr(slide_embed, "spare_core", lambda: spare_core)
+    monkeypatch.setattr(slide_embed, "READ_IN_BACKGROUND", background)
     threaded = embed(two_slides, "resnet18", "two", **OPTS)
     monkeypatch.undo()
     caller = embed(copy, "resnet18", "two", **{**OPTS, "workers": 1})

@@ -154,6 +154,33 @@ def test_rgba_composited_on_white():
     assert abs(int(rgb[0, 2, 0]) - 127) <= 1
 
 
+@pytest.mark.parametrize("which", ["real", "synthetic"])
+def test_fast_read_gives_the_public_paths_pixels(which, real_slide, synth6, monkeypatch):
+    """Regions read straight into numpy (OpenSlide's C call) equal openslide-python's public
+    read (PIL, un-premultiplied, composited): inside the slide, at every level, and across the
+    edge, where transparent pixels send the read down the public path."""
+    import openslide
+
+    from histstore.wsi import reader as reader_mod
+
+    path = real_slide if which == "real" else synth6.slides[0].path
+    with open_slide(path) as r:
+        boxes = [(0, 0, 0, 300, 200), (r.width // 3, r.height // 2, 0, 513, 77),
+                 (r.width - 40, r.height - 30, 0, 80, 60), (-16, -16, 0, 48, 48)]
+        boxes += [(0, 0, level, 64, 64) for level in range(1, r.level_count)]
+        fast = [r.read_region(*box) for box in boxes]
+        assert reader_mod._read_opaque(r.handle, *boxes[0]) is not None  # the fast path is taken here
+        assert reader_mod._read_opaque(r.handle, *boxes[3]) is None  # not past the edge
+        monkeypatch.setattr(reader_mod, "_read_opaque", lambda *a: None)
+        public = [r.read_region(*box) for box in boxes]
+        raw = np.asarray(openslide.OpenSlide(str(path)).read_region((0, 0), 0, (300, 200)))
+    for a, b in zip(fast, public):
+        assert a.dtype == np.uint8 and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast[0], rgba_to_rgb(raw))
+    assert (fast[2][-10:, -10:] == 255).all() and (fast[3][:10, :10] == 255).all()  # past the edges
+
+
 def test_close_is_idempotent(synth6):
     r = open_slide(synth6.slides[0].path)
     r.close()
