@@ -74,7 +74,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An inference copy of a ResNetTrunk in eval mode with every BatchNorm folded into the
     convolution before it: the same function of the input up to float rounding (1e-6 relative
     in fp32), one pass less over every activation map (benchmarks/RESULTS.md, embed, row
-    "BatchNorm folded"). Any other module is returned as it is. Folding uses the running
+    "inference model"). Any other module is returned as it is. Folding uses the running
     statistics, so it is for a frozen encoder only: embedding, never training."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
