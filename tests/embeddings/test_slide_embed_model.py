@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from histstore.embeddings.slide_embed import prepare_model
-from histstore.encoders.backbones import build_backbone, preprocess
+from histstore.encoders.backbones import preprocess
+from tests.support.encoders import pretrained_like
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50-layer3"])
 def test_weights_in_the_autocast_dtype_give_identical_embeddings(arch):
-    torch.manual_seed(5)
-    model, _ = build_backbone(arch, allow_random=True)
-    for m in model.modules():  # BatchNorm far from the identity, as after pretraining
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.3, 3.0)
+    model = pretrained_like(arch, seed=5)
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     kept = prepare_model(copy.deepcopy(model), cpu)
     cast = prepare_model(model, cpu, bf16)

@@ -11,6 +11,7 @@ import torchvision
 from histstore.encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, fold_batchnorm, preprocess
 from histstore.encoders.heads import ProjectionHead
 from histstore.errors import InvalidInput
+from tests.support.encoders import pretrained_like
 
 
 @pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet50-layer3", 1024), ("resnet50", 2048)])
@@ -24,12 +25,7 @@ def test_dims(arch, dim):
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50-layer3"])
 def test_folded_batchnorm_computes_the_same_function(arch):
-    torch.manual_seed(3)
-    model, _ = build_backbone(arch, allow_random=True)
-    for m in model.modules():  # statistics far from the identity, as after pretraining
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.3, 3.0)
-            m.weight.data.uniform_(0.5, 1.5), m.bias.data.normal_(0, 0.2)
+    model = pretrained_like(arch, seed=3)
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy: the encoder is untouched
