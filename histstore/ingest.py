@@ -222,15 +222,15 @@ def ingest(store: Store, source: Path | str, spec: TilingSpec, cohort: str | Non
         cluster, max(1, workers) if workers is not None else None)
     if assume_mpp is not None and not assume_mpp > 0:
         raise InvalidInput(f"--assume-mpp must be > 0, got {assume_mpp}")
-    with store.read() as conn:  # a slide ingested again (another tiling) keeps its case
+    key = tiling_key(spec)
+    with store.read() as conn:  # one connection for what the plan needs (each costs ~50 ms)
+        # a slide ingested again (another tiling) keeps its case
         catalog_cases = dict(conn.exec_driver_sql(
             "SELECT slide_id, case_id FROM slides WHERE case_id IS NOT NULL").all())
+        known, tiled = _catalog_state(conn, key)  # re-checked per slide in its commit (_current)
     sources = read_source(source, case_id_mode, catalog_cases)  # validated whole before anything is written
-    key = tiling_key(spec)
     report = IngestReport(key, spec, cohort=cohort)
     with store.session():
-        with store.read() as conn:
-            known, tiled = _catalog_state(conn, key)
         todo, report.outcomes = _plan(sources, known, tiled, key)
         by_id = {s.slide_id: s for s in todo}
         workers = default_workers() if workers is None else max(1, workers)
