@@ -4,9 +4,9 @@ The frozen encoder embeds every tile of every slide; slides already registered i
 skipped, a half-written array is discarded and redone, and the set is reused when encoder and
 settings are the same (nothing is ever silently overwritten). Before each slide is registered
 the encoder's weights are checked to be unchanged (against a copy in memory; a slide embedded
-with changed weights is discarded and the run stops). Tiles are stain-normalised on the model's device (default:
-one Macenko fit per slide, histstore.embeddings.slide_stain), and each slide's fit is recorded
-in `slide_stain` in the commit that registers its array.
+with changed weights is discarded and the run stops). Tiles are stain-normalised (default: one
+Macenko fit per slide, histstore.embeddings.slide_stain), and each slide's fit is recorded in
+`slide_stain` in the commit that registers its array.
 
 
 Catalog access is short: the cohort and encoder are read at the start, the set and an `embed`

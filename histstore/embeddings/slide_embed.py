@@ -43,7 +43,7 @@ def prepare_model(model, dev, amp_dtype=None):
     amp_dtype (the autocast dtype the model will run under, or None): convolution and linear
     weights are stored in it, since autocast casts them to it at every call anyway; the
     results are bit-identical and each batch skips re-casting the whole encoder
-    (tests/embeddings/test_slide_embed_model.py; bench_embed, "forward" row)."""
+    (tests/embeddings/test_slide_embed_model.py; bench_embed, row "inference model")."""
     import torch
 
     from histstore.encoders.backbones import fold_batchnorm
